@@ -1,0 +1,231 @@
+"""Flow and Stream: the builder for a logical dataflow graph of named steps.
+
+A ``Flow`` owns the graph; a ``Stream`` is a handle on one step's output. Every operator takes
+a step name first: names are the stable ids of state, metrics and dead letters, so they must be
+unique within a flow (a duplicate is an error at build time, not a surprise at run time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import polars as pl
+
+from .errors import FlowDefinitionError
+from .io.base import Sink, Source
+from .ops.base import ON_ERROR_CHOICES, OnError
+
+if TYPE_CHECKING:
+    from .runtime.local import RunResult
+    from .time.watermarks import WatermarkStrategy
+
+NodeKind = Literal["source", "dead_letters", "expr", "record", "map_batches", "branch", "branch_side", "union", "sink"]
+
+
+@dataclass(eq=False)
+class Node:
+    """One logical step of the graph."""
+
+    name: str
+    kind: NodeKind
+    inputs: list[Node]
+    on_error: OnError
+    params: dict[str, Any] = field(default_factory=dict)
+    consumers: list[Node] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"Node({self.name!r}, {self.kind})"
+
+
+class Flow:
+    """A named dataflow. Build it with ``source`` and ``Stream`` operators, then ``run`` it.
+
+    ``on_error`` is the flow-wide policy for bad records (``"dlq"``: send to dead letters and keep
+    going; ``"fail"``: stop the run with an error naming the step); a step may override it.
+    """
+
+    def __init__(self, name: str, *, on_error: OnError = "dlq") -> None:
+        _check_on_error(on_error)
+        self.name = name
+        self.on_error: OnError = on_error
+        self.nodes: dict[str, Node] = {}
+        self._dead_letters: Stream | None = None
+        self._runtime: Any = None
+
+    # -- building -----------------------------------------------------------------------------
+    def _add(
+        self, name: str, node_kind: NodeKind, inputs: list[Node], on_error: OnError | None, **params: Any
+    ) -> Node:
+        if not isinstance(name, str) or not name:
+            raise FlowDefinitionError(f"a step name must be a non-empty string, got {name!r}")
+        if name in self.nodes:
+            raise FlowDefinitionError(
+                f"flow {self.name!r} already has a step named {name!r}; step names must be unique "
+                "because they identify state, metrics and dead letters"
+            )
+        if on_error is not None:
+            _check_on_error(on_error)
+        node = Node(name, node_kind, inputs, on_error or self.on_error, params)
+        for parent in inputs:
+            parent.consumers.append(node)
+        self.nodes[name] = node
+        return node
+
+    def source(self, step: str, source: Source, *, watermark: WatermarkStrategy | None = None) -> Stream:
+        """Add a source; returns its stream. ``watermark`` sets how event time advances."""
+        if not isinstance(source, Source):
+            raise FlowDefinitionError(
+                f"source {step!r}: expected a tideflow source (e.g. tdf.io.CsvSource), got {type(source).__name__}"
+            )
+        if watermark is not None and source.time is None:
+            raise FlowDefinitionError(f"source {step!r}: a watermark needs an event-time column; pass time=...")
+        node = self._add(step, "source", [], None, source=source, watermark=watermark)
+        return Stream(self, node, time=source.time)
+
+    def dead_letters(self) -> Stream:
+        """The stream of dead letters of every step (columns: step, error, payload, source, ...)."""
+        if self._dead_letters is None:
+            node = self._add("dead-letters", "dead_letters", [], "fail")
+            self._dead_letters = Stream(self, node)
+        return self._dead_letters
+
+    # -- running ------------------------------------------------------------------------------
+    def run(
+        self,
+        *,
+        queue_size: int = 4,
+        handle_signals: bool = True,
+        on_tick: Callable[[Any], None] | None = None,
+        tick_every: float = 0.1,
+    ) -> RunResult:
+        """Run embedded until bounded inputs are exhausted (or ``stop()``/Ctrl-C); see RunResult.
+
+        ``queue_size`` bounds the batches waiting between two stages (backpressure);
+        ``on_tick`` is called from the calling thread while the flow runs (progress display).
+        """
+        from .runtime.local import LocalRuntime
+
+        runtime = LocalRuntime(self, queue_size=queue_size)
+        self._runtime = runtime
+        return runtime.run(handle_signals=handle_signals, on_tick=on_tick, tick_every=tick_every)
+
+    def stop(self) -> None:
+        """Ask a running flow to stop: sources stop reading, in-flight batches finish, sinks flush."""
+        if self._runtime is not None:
+            self._runtime.request_stop()
+
+    def __repr__(self) -> str:
+        return f"Flow({self.name!r}, steps={list(self.nodes)})"
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR_CHOICES:
+        raise FlowDefinitionError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+
+
+class Stream:
+    """The output of one step. Operators return new streams; the graph lives in the flow."""
+
+    def __init__(self, flow: Flow, node: Node, *, time: str | None = None, key: list[str] | None = None) -> None:
+        self.flow = flow
+        self.node = node
+        self.time = time
+        self.key = key
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    def _then(self, step: str, node_kind: NodeKind, on_error: OnError | None, **params: Any) -> Stream:
+        node = self.flow._add(step, node_kind, [self.node], on_error, **params)
+        return Stream(self.flow, node, time=self.time, key=self.key)
+
+    # -- per-record operators -----------------------------------------------------------------
+    def map(self, step: str, fn: Callable[[dict[str, Any]], dict[str, Any]], *, on_error: OnError | None = None) -> Stream:
+        """Apply ``fn(record) -> record`` to every record."""
+        _check_callable(step, fn)
+        return self._then(step, "record", on_error, kind="map", fn=fn)
+
+    def filter(
+        self, step: str, predicate: pl.Expr | Callable[[dict[str, Any]], bool], *, on_error: OnError | None = None
+    ) -> Stream:
+        """Keep the records for which ``predicate`` holds: a polars expression or a function."""
+        if isinstance(predicate, pl.Expr):
+            return self._then(step, "expr", on_error, kind="filter", exprs=[predicate], named={})
+        _check_callable(step, predicate)
+        return self._then(step, "record", on_error, kind="filter", fn=predicate)
+
+    def flat_map(
+        self, step: str, fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]] | None], *, on_error: OnError | None = None
+    ) -> Stream:
+        """Replace each record by the zero or more records ``fn`` returns."""
+        _check_callable(step, fn)
+        return self._then(step, "record", on_error, kind="flat_map", fn=fn)
+
+    # -- columnar operators -------------------------------------------------------------------
+    def map_batches(
+        self, step: str, fn: Callable[[Any], Any], *, format: Literal["polars", "arrow"] = "polars", on_error: OnError | None = None
+    ) -> Stream:
+        """Apply ``fn`` to whole batches (a polars DataFrame, or an Arrow table with format="arrow").
+
+        The function should treat rows independently: on an error the engine bisects the batch
+        to find the failing rows and sends only those to dead letters.
+        """
+        _check_callable(step, fn)
+        return self._then(step, "map_batches", on_error, fn=fn, format=format)
+
+    def with_columns(self, step: str, *exprs: pl.Expr, on_error: OnError | None = None, **named: pl.Expr) -> Stream:
+        """Add or replace columns computed by polars expressions (row-wise expressions)."""
+        return self._then(step, "expr", on_error, kind="with_columns", exprs=list(exprs), named=named)
+
+    def select(self, step: str, *exprs: pl.Expr | str, on_error: OnError | None = None, **named: pl.Expr) -> Stream:
+        """Keep only the given columns or expressions."""
+        parsed = [pl.col(e) if isinstance(e, str) else e for e in exprs]
+        return self._then(step, "expr", on_error, kind="select", exprs=parsed, named=named)
+
+    # -- routing ------------------------------------------------------------------------------
+    def key_by(self, key: str | Sequence[str]) -> Stream:
+        """Declare the key columns for the keyed operators that follow (windows, state)."""
+        columns = [key] if isinstance(key, str) else list(key)
+        if not columns or not all(isinstance(c, str) for c in columns):
+            raise FlowDefinitionError(f"key_by takes a column name or a list of column names, got {key!r}")
+        return Stream(self.flow, self.node, time=self.time, key=columns)
+
+    def union(self, step: str, *others: Stream) -> Stream:
+        """Merge this stream with others (same columns expected) into one stream."""
+        if not others:
+            raise FlowDefinitionError(f"union {step!r} needs at least one other stream")
+        for other in others:
+            if other.flow is not self.flow:
+                raise FlowDefinitionError(f"union {step!r}: stream {other.name!r} belongs to another flow")
+        node = self.flow._add(step, "union", [self.node, *(o.node for o in others)], None)
+        return Stream(self.flow, node, time=self.time)
+
+    def branch(
+        self, step: str, predicate: pl.Expr | Callable[[dict[str, Any]], bool], *, on_error: OnError | None = None
+    ) -> tuple[Stream, Stream]:
+        """Split into (records where predicate holds, the rest); the predicate runs once per record."""
+        if not isinstance(predicate, pl.Expr):
+            _check_callable(step, predicate)
+        mask = self._then(step, "branch", on_error, predicate=predicate)
+        yes = mask._then(f"{step}.true", "branch_side", "fail", branch=step, side=True)
+        no = mask._then(f"{step}.false", "branch_side", "fail", branch=step, side=False)
+        return yes, no
+
+    def sink(self, step: str, sink: Sink, *, on_error: OnError | None = None) -> None:
+        """Write the stream to ``sink``."""
+        if not isinstance(sink, Sink):
+            raise FlowDefinitionError(
+                f"sink {step!r}: expected a tideflow sink (e.g. tdf.io.MemorySink()), got {type(sink).__name__}"
+            )
+        self._then(step, "sink", on_error, sink=sink)
+
+    def __repr__(self) -> str:
+        return f"Stream({self.flow.name!r}:{self.name!r})"
+
+
+def _check_callable(step: str, fn: object) -> None:
+    if not callable(fn):
+        raise FlowDefinitionError(f"step {step!r}: expected a function, got {type(fn).__name__}")

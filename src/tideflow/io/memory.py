@@ -1,0 +1,219 @@
+"""In-memory and iterable sources, and the memory, null and stdout sinks: for tests and glue."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import IO, Any, Literal
+
+import orjson
+import polars as pl
+import pyarrow as pa
+
+from .._duration import Duration, to_seconds
+from ..record import POSITION, from_records, to_records
+from .base import Sink, Source, SourceContext
+from .eventtime import parse_event_time
+from .pacing import ReplayPacer
+
+DEFAULT_BATCH_SIZE = 10_000
+
+
+class IterableSource(Source):
+    """Reads records (dicts) or ready-made batches (DataFrames / Arrow) from any iterable.
+
+    Records are gathered into batches of ``batch_size``, or fewer when ``linger`` passes between
+    the first record of a batch and the next one to arrive (for slow generators). Positions are
+    the 0-based index of each record in the iterable.
+    """
+
+    def __init__(
+        self,
+        items: Iterable[Any],
+        *,
+        time: str | None = None,
+        time_format: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        linger: Duration = "100ms",
+        replay: float | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if replay is not None and time is None:
+            raise ValueError("replay= paces by event time; pass time= too")
+        self.items = items
+        self.time = time
+        self.time_format = time_format
+        self.batch_size = batch_size
+        self.linger_s = to_seconds(linger, what="linger")
+        self.replay = replay
+        self._done = 0
+        self._total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+        self._schema: pl.Schema | None = None
+
+    def progress(self) -> tuple[int, int | None]:
+        return (self._done, self._total)
+
+    def batches(self, ctx: SourceContext) -> Iterator[pl.DataFrame]:
+        pacer = ReplayPacer(self.replay, self.time, ctx.stop) if self.replay and self.time else None
+        for frame in self._frames(ctx):
+            frame = self._with_time(frame, ctx)
+            if frame is None:
+                continue
+            if pacer is None:
+                yield frame
+            else:
+                yield from pacer.pace(frame)
+
+    def _frames(self, ctx: SourceContext) -> Iterator[pl.DataFrame]:
+        pending: list[dict[str, Any]] = []
+        first_index = 0
+        index = 0
+        opened = time.monotonic()
+        for item in self.items:
+            if isinstance(item, pl.DataFrame | pa.Table | pa.RecordBatch):
+                if pending:
+                    yield self._from_records(pending, first_index, ctx)
+                    pending = []
+                yield from self._from_frame(item, index)
+                index += item.num_rows if not isinstance(item, pl.DataFrame) else item.height
+                first_index = index
+                self._done = index
+                if ctx.stopping():
+                    return
+                continue
+            if not pending:
+                first_index = index
+                opened = time.monotonic()
+            pending.append(item)
+            index += 1
+            if len(pending) >= self.batch_size or time.monotonic() - opened >= self.linger_s:
+                self._done = index
+                yield self._from_records(pending, first_index, ctx)
+                pending = []
+                if ctx.stopping():
+                    return
+        if pending:
+            self._done = index
+            yield self._from_records(pending, first_index, ctx)
+
+    def _from_frame(self, item: pl.DataFrame | pa.Table | pa.RecordBatch, first: int) -> Iterator[pl.DataFrame]:
+        frame = item if isinstance(item, pl.DataFrame) else pl.from_arrow(item)
+        assert isinstance(frame, pl.DataFrame)
+        for offset in range(0, frame.height, self.batch_size):
+            part = frame.slice(offset, self.batch_size)
+            yield part.with_columns(pl.int_range(first + offset, first + offset + part.height, dtype=pl.Int64).alias(POSITION))
+
+    def _from_records(self, records: list[Any], first: int, ctx: SourceContext) -> pl.DataFrame:
+        """Build a batch; records that are not dicts, or disagree on types, become dead letters."""
+        good: list[dict[str, Any]] = []
+        positions: list[int] = []
+        for offset, record in enumerate(records):
+            if isinstance(record, dict):
+                good.append(record)
+                positions.append(first + offset)
+            else:
+                ctx.reject(TypeError(f"expected a dict record, got {type(record).__name__}"), record, first + offset)
+        try:
+            frame = from_records(good, schema=self._schema)
+        except Exception:
+            frame, positions = self._tolerant(good, positions, ctx)
+        if self._schema is None and frame.width:
+            self._schema = frame.schema
+        return frame.with_columns(pl.Series(POSITION, positions, dtype=pl.Int64))
+
+    def _tolerant(self, records: list[dict[str, Any]], positions: list[int], ctx: SourceContext):  # type: ignore[no-untyped-def]
+        schema = self._schema or pl.from_dicts(records[:1]).schema
+        good, kept = [], []
+        for record, position in zip(records, positions, strict=True):
+            try:
+                pl.from_dicts([record], schema=schema, strict=True)
+            except Exception as error:  # noqa: BLE001
+                ctx.reject(f"schema violation: {error}", record, position)
+                continue
+            good.append(record)
+            kept.append(position)
+        return pl.from_dicts(good, schema=schema) if good else pl.DataFrame(schema=schema), kept
+
+    def _with_time(self, frame: pl.DataFrame, ctx: SourceContext) -> pl.DataFrame | None:
+        if self.time is None or frame.height == 0:
+            return frame if frame.height else None
+        frame, bad = parse_event_time(frame, self.time, self.time_format)
+        if bad is not None:
+            rejected = frame.filter(bad)
+            positions = rejected.get_column(POSITION).to_list()
+            for record, position in zip(to_records(rejected), positions, strict=True):
+                ctx.reject(f"cannot read event time from column {self.time!r}", record, position)
+            frame = frame.filter(~bad)
+        return frame if frame.height else None
+
+
+class MemorySource(IterableSource):
+    """Records from memory: a list of dicts, any iterable of dicts, a DataFrame or Arrow table."""
+
+    def __init__(self, records: Iterable[dict[str, Any]] | pl.DataFrame | pa.Table, **options: Any) -> None:
+        if isinstance(records, pl.DataFrame | pa.Table):
+            records = [records]  # one frame, sliced into batches of batch_size
+        super().__init__(records, **options)
+        if isinstance(self.items, list) and self.items and not isinstance(self.items[0], dict):
+            self._total = sum(f.height if isinstance(f, pl.DataFrame) else f.num_rows for f in self.items)
+
+
+class MemorySink(Sink):
+    """Collects output in memory; ``.records`` (dicts) and ``.frame`` (DataFrame) after a run."""
+
+    def __init__(self) -> None:
+        self._parts: list[pl.DataFrame] = []
+        self._lock = threading.Lock()
+
+    def write(self, df: pl.DataFrame) -> None:
+        with self._lock:
+            self._parts.append(df)
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        with self._lock:
+            parts = list(self._parts)
+        if not parts:
+            return pl.DataFrame()
+        return pl.concat(parts, how="diagonal_relaxed")
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.frame.to_dicts()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(part.height for part in self._parts)
+
+
+class NullSink(Sink):
+    """Counts and discards: for benchmarks, where the sink must cost nothing."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def write(self, df: pl.DataFrame) -> None:
+        self.count += df.height
+
+
+class StdoutSink(Sink):
+    """Prints batches: ``format="pretty"`` (a table per batch) or ``"jsonl"`` (one JSON per line)."""
+
+    def __init__(self, format: Literal["pretty", "jsonl"] = "jsonl", stream: IO[str] | None = None) -> None:
+        if format not in ("pretty", "jsonl"):
+            raise ValueError(f"StdoutSink format must be 'pretty' or 'jsonl', got {format!r}")
+        self.format = format
+        self.stream = stream
+
+    def write(self, df: pl.DataFrame) -> None:
+        out = self.stream or sys.stdout
+        if self.format == "pretty":
+            with pl.Config(tbl_rows=min(df.height, 50), tbl_cols=-1):
+                out.write(f"{df}\n")
+        else:
+            lines = b"".join(orjson.dumps(r, default=str) + b"\n" for r in df.iter_rows(named=True))
+            out.write(lines.decode())
+        out.flush()

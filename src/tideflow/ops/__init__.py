@@ -1,0 +1,1 @@
+"""Operator logic. Each operator transforms micro-batches; the runtime decides where it runs."""

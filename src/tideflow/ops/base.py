@@ -1,0 +1,102 @@
+"""The operator contract and the error handling every operator shares."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import polars as pl
+
+from ..deadletters import DeadLetters
+from ..errors import StepError
+from ..record import POSITION, Batch, Origin, to_records
+
+OnError = Literal["dlq", "fail"]
+ON_ERROR_CHOICES = ("dlq", "fail")
+
+STRUCTURAL_ERRORS: tuple[type[BaseException], ...] = (
+    pl.exceptions.ColumnNotFoundError,
+    pl.exceptions.SchemaError,
+    pl.exceptions.SchemaFieldNotFoundError,
+    pl.exceptions.DuplicateError,
+    pl.exceptions.StructFieldNotFoundError,
+)
+"""Errors that concern the batch's shape, not any one row: every row fails the same way."""
+
+
+@dataclass
+class StepContext:
+    """What an operator may use while running: dead letters and its error policy."""
+
+    dead_letters: DeadLetters
+
+    def reject(
+        self,
+        step: str,
+        on_error: OnError,
+        error: BaseException,
+        payload: Any,
+        origin: Origin | None,
+        position: int | None,
+    ) -> None:
+        """Send one record to dead letters, or raise ``StepError`` under ``on_error="fail"``."""
+        if on_error == "fail":
+            where = origin.describe(position) if origin is not None and position is not None else None
+            text = f"{where['file'] or where['source']} {where['position']}" if where else None
+            raise StepError(step, error, text) from error
+        self.dead_letters.add(step, error, payload, origin, position)
+
+    def reject_rows(
+        self, step: str, on_error: OnError, error: BaseException, rows: pl.DataFrame, origin: Origin | None
+    ) -> None:
+        """Send every row of ``rows`` to dead letters with the same error."""
+        positions = rows.get_column(POSITION).to_list() if POSITION in rows.columns else None
+        for i, record in enumerate(to_records(rows)):
+            self.reject(step, on_error, error, record, origin, positions[i] if positions else None)
+
+
+class Operator(ABC):
+    """A step's logic. ``process`` maps one batch to zero or one batch; ``finish`` flushes."""
+
+    def __init__(self, step: str, on_error: OnError) -> None:
+        self.step = step
+        self.on_error = on_error
+        self.records_in = 0
+        self.records_out = 0
+
+    @property
+    def steps(self) -> list[str]:
+        """Names of the logical steps this operator runs (several when fused)."""
+        return [self.step]
+
+    @abstractmethod
+    def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
+        """Transform one batch; return ``None`` when nothing comes out."""
+
+    def finish(self, ctx: StepContext) -> Batch | None:
+        """Called once at end of input; stateful operators emit what they still hold."""
+        return None
+
+
+def isolate_failures(
+    apply: Callable[[pl.DataFrame], pl.DataFrame], df: pl.DataFrame
+) -> tuple[list[pl.DataFrame], list[tuple[pl.DataFrame, BaseException]]]:
+    """Apply ``apply`` to ``df``; when it raises, bisect to find the rows that make it raise.
+
+    Returns the outputs of the parts that succeeded (in input order) and the failing rows, each
+    with its exception. Cost is O(k log n) calls for k bad rows among n. Errors about the batch's
+    shape (a missing column) fail every row alike and are not bisected.
+    """
+    try:
+        return [apply(df)], []
+    except STRUCTURAL_ERRORS as error:
+        return [], [(df, error)]
+    except Exception as error:
+        if df.height <= 1:
+            return [], [(df, error)]
+        middle = df.height // 2
+        good_a, bad_a = isolate_failures(apply, df.slice(0, middle))
+        good_b, bad_b = isolate_failures(apply, df.slice(middle))
+        return good_a + good_b, bad_a + bad_b

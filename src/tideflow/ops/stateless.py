@@ -1,0 +1,291 @@
+"""Stateless operators: polars-expression chains, per-record chains, batch functions, branches.
+
+Consecutive steps of the same family are fused into one operator by the planner:
+expression steps become one lazy polars query (one pass, optimised by polars); per-record steps
+(map / filter / flat_map) become one Python loop, so a record is converted to a dict once per
+chain rather than once per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+
+from ..errors import FlowDefinitionError
+from ..record import HIDDEN_PREFIX, POSITION, Batch, from_records, strip_hidden, to_records
+from .base import Operator, OnError, StepContext, isolate_failures
+
+ExprKind = Literal["filter", "with_columns", "select"]
+RecordKind = Literal["map", "filter", "flat_map"]
+
+_HIDDEN = pl.col(f"^{HIDDEN_PREFIX}.*$")
+
+
+class ExprStep:
+    """One expression step: a filter predicate, or columns to add or select."""
+
+    def __init__(
+        self, step: str, kind: ExprKind, exprs: list[pl.Expr], named: dict[str, pl.Expr], on_error: OnError = "dlq"
+    ) -> None:
+        self.step, self.kind, self.exprs, self.named, self.on_error = step, kind, exprs, named, on_error
+
+    def apply(self, frame: pl.LazyFrame) -> pl.LazyFrame:
+        if self.kind == "filter":
+            return frame.filter(*self.exprs)
+        if self.kind == "with_columns":
+            return frame.with_columns(*self.exprs, **self.named)
+        # select keeps the hidden bookkeeping columns so positions survive a projection.
+        return frame.select(*self.exprs, _HIDDEN, **self.named)
+
+
+class ExprChain(Operator):
+    """Fused polars-expression steps, run as one lazy query per batch."""
+
+    def __init__(self, steps: list[ExprStep]) -> None:
+        super().__init__(steps[0].step, steps[0].on_error)
+        self.chain = steps
+
+    @property
+    def steps(self) -> list[str]:
+        return [s.step for s in self.chain]
+
+    def _run(self, df: pl.DataFrame, chain: list[ExprStep]) -> pl.DataFrame:
+        frame = df.lazy()
+        for step in chain:
+            frame = step.apply(frame)
+        return frame.collect(engine="in-memory")
+
+    def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
+        self.records_in += batch.df.height
+        try:
+            out = self._run(batch.df, self.chain)
+        except Exception:
+            out = self._process_step_by_step(batch, ctx)
+        self.records_out += out.height
+        return batch.with_df(out) if out.height else None
+
+    def _process_step_by_step(self, batch: Batch, ctx: StepContext) -> pl.DataFrame:
+        """Slow path after a failure: find the failing step, and in it the failing rows."""
+        df = batch.df
+        for step in self.chain:
+            parts, failures = isolate_failures(lambda d, s=step: self._run(d, [s]), df)
+            for rows, error in failures:
+                ctx.reject_rows(step.step, step.on_error, error, rows, batch.origin)
+            df = pl.concat(parts, how="vertical_relaxed") if parts else df.clear()
+            if df.height == 0:
+                break
+        return df
+
+
+class RecordStep:
+    """One per-record step: ``map`` (dict → dict), ``filter`` (dict → bool), ``flat_map``."""
+
+    def __init__(self, step: str, kind: RecordKind, fn: Callable[..., Any], on_error: OnError = "dlq") -> None:
+        self.step, self.kind, self.fn, self.on_error = step, kind, fn, on_error
+
+
+class RecordChain(Operator):
+    """Fused per-record steps: one dict conversion per batch, one Python loop for the chain."""
+
+    def __init__(self, steps: list[RecordStep]) -> None:
+        super().__init__(steps[0].step, steps[0].on_error)
+        self.chain = steps
+        self._policy = {s.step: s.on_error for s in steps}
+
+    @property
+    def steps(self) -> list[str]:
+        return [s.step for s in self.chain]
+
+    def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
+        df = batch.df
+        self.records_in += df.height
+        records = to_records(df)
+        positions = df.get_column(POSITION).to_list() if POSITION in df.columns else None
+        out: list[dict[str, Any]] = []
+        out_index: list[int] = []
+        if any(s.kind == "flat_map" for s in self.chain):
+            self._run_general(records, positions, batch, ctx, out, out_index)
+        else:
+            self._run_one_to_one(records, positions, batch, ctx, out, out_index)
+        if not out:
+            return None
+        frame = self._build(out, out_index, positions, batch, ctx)
+        if frame is None or frame.height == 0:
+            return None
+        self.records_out += frame.height
+        return batch.with_df(frame)
+
+    def _run_one_to_one(self, records, positions, batch, ctx, out, out_index) -> None:
+        """The hot loop for map/filter chains; kept free of per-step bookkeeping."""
+        steps = [(s.step, s.kind == "map", s.fn) for s in self.chain]
+        append, append_index = out.append, out_index.append
+        for i, record in enumerate(records):
+            current = record
+            step = steps[0][0]
+            try:
+                for step, is_map, fn in steps:
+                    if is_map:
+                        current = fn(current)
+                        if type(current) is not dict:
+                            raise TypeError(
+                                f"map must return a dict, got {type(current).__name__}; "
+                                "use flat_map to return several records or filter to drop one"
+                            )
+                    elif not fn(current):
+                        break
+                else:
+                    append(current)
+                    append_index(i)
+            except Exception as error:  # noqa: BLE001 — every user error becomes a dead letter
+                position = positions[i] if positions else None
+                ctx.reject(step, self._policy[step], error, record, batch.origin, position)
+
+    def _run_general(self, records, positions, batch, ctx, out, out_index) -> None:
+        for i, record in enumerate(records):
+            items = [record]
+            step = self.chain[0].step
+            try:
+                for s in self.chain:
+                    step = s.step
+                    items = list(_apply_record_step(s, items))
+            except Exception as error:  # noqa: BLE001
+                position = positions[i] if positions else None
+                ctx.reject(step, self._policy[step], error, record, batch.origin, position)
+                continue
+            out.extend(items)
+            out_index.extend([i] * len(items))
+
+    def _build(self, out, out_index, positions, batch, ctx) -> pl.DataFrame | None:
+        """Rebuild a columnar batch; records whose fields do not fit the schema become letters."""
+        try:
+            frame = from_records(out, schema=None)
+        except Exception:
+            frame = self._build_tolerant(out, out_index, positions, batch, ctx)
+            if frame is None:
+                return None
+            out_index = frame.get_column(POSITION + "_idx").to_list()
+            frame = frame.drop(POSITION + "_idx")
+        if positions is not None:
+            frame = frame.with_columns(pl.Series(POSITION, [positions[i] for i in out_index], dtype=pl.Int64))
+        return frame
+
+    def _build_tolerant(self, out, out_index, positions, batch, ctx) -> pl.DataFrame | None:
+        """Records disagree on a field's type: keep those that fit the first record's types."""
+        last_step = self.chain[-1].step
+        policy = self._policy[last_step]
+        schema = pl.from_dicts(out[:1]).schema
+        good, good_index = [], []
+        for record, i in zip(out, out_index, strict=True):
+            try:
+                pl.from_dicts([record], schema=schema, strict=True)
+            except Exception as error:  # noqa: BLE001
+                ctx.reject(last_step, policy, error, record, batch.origin, positions[i] if positions else None)
+                continue
+            good.append(record)
+            good_index.append(i)
+        if not good:
+            return None
+        return pl.from_dicts(good, schema=schema).with_columns(pl.Series(POSITION + "_idx", good_index))
+
+
+def _apply_record_step(step: RecordStep, items: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    for item in items:
+        if step.kind == "map":
+            result = step.fn(item)
+            if type(result) is not dict:
+                raise TypeError(f"map must return a dict, got {type(result).__name__}")
+            yield result
+        elif step.kind == "filter":
+            if step.fn(item):
+                yield item
+        else:
+            produced = step.fn(item)
+            if produced is None:
+                continue
+            for element in produced:
+                if type(element) is not dict:
+                    raise TypeError(f"flat_map must yield dicts, got {type(element).__name__}")
+                yield element
+
+
+class MapBatches(Operator):
+    """A user function over a whole batch, as a polars DataFrame or an Arrow table."""
+
+    def __init__(self, step: str, fn: Callable[[Any], Any], on_error: OnError, format: str = "polars") -> None:
+        super().__init__(step, on_error)
+        if format not in ("polars", "arrow"):
+            raise FlowDefinitionError(f"map_batches format must be 'polars' or 'arrow', got {format!r}")
+        self.fn, self.format = fn, format
+
+    def _apply(self, df: pl.DataFrame) -> pl.DataFrame:
+        visible = strip_hidden(df)
+        argument = visible.to_arrow() if self.format == "arrow" else visible
+        result = self.fn(argument)
+        if isinstance(result, pa.Table | pa.RecordBatch):
+            result = pl.from_arrow(result)
+        if not isinstance(result, pl.DataFrame):
+            raise TypeError(
+                f"map_batches function must return a polars DataFrame or Arrow table, got {type(result).__name__}"
+            )
+        if POSITION in df.columns and result.height == df.height and POSITION not in result.columns:
+            result = result.with_columns(df.get_column(POSITION))
+        return result
+
+    def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
+        self.records_in += batch.df.height
+        parts, failures = isolate_failures(self._apply, batch.df)
+        for rows, error in failures:
+            ctx.reject_rows(self.step, self.on_error, error, rows, batch.origin)
+        parts = [p for p in parts if p.height]
+        if not parts:
+            return None
+        out = parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
+        self.records_out += out.height
+        return batch.with_df(out)
+
+
+def branch_column(step: str) -> str:
+    """Hidden column in which a branch step stores its per-row decision."""
+    return f"{HIDDEN_PREFIX}branch_{step}"
+
+
+class BranchMask(Operator):
+    """Evaluates a branch predicate once per row; the two branches filter on the result."""
+
+    def __init__(self, step: str, predicate: pl.Expr | Callable[[dict[str, Any]], bool], on_error: OnError) -> None:
+        super().__init__(step, on_error)
+        self.column = branch_column(step)
+        if isinstance(predicate, pl.Expr):
+            self._inner: Operator = ExprChain(
+                [ExprStep(step, "with_columns", [], {self.column: predicate.fill_null(False)}, on_error)]
+            )
+        else:
+            self._inner = RecordChain(
+                [RecordStep(step, "map", lambda r, p=predicate, c=self.column: {**r, c: bool(p(r))}, on_error)]
+            )
+
+    def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
+        self.records_in += batch.df.height
+        out = self._inner.process(batch, ctx)
+        self.records_out += out.df.height if out is not None else 0
+        return out
+
+
+class BranchSelect(Operator):
+    """One side of a branch: keeps the rows whose decision equals ``side``."""
+
+    def __init__(self, step: str, branch_step: str, side: bool) -> None:
+        super().__init__(step, "fail")
+        self.column = branch_column(branch_step)
+        self.side = side
+
+    def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
+        self.records_in += batch.df.height
+        df = batch.df
+        mask = df.get_column(self.column)
+        out = df.filter(mask if self.side else ~mask).drop(self.column)
+        self.records_out += out.height
+        return batch.with_df(out) if out.height else None

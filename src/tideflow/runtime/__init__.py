@@ -1,0 +1,1 @@
+"""Runtimes that execute a Flow: the embedded local runtime (and, later, Ray)."""

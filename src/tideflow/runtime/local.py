@@ -1,0 +1,464 @@
+"""The embedded runtime: one thread per stage, bounded channels between stages.
+
+Why threads: polars, Arrow, ONNX Runtime and PyTorch release the GIL, so I/O, columnar compute
+and inference overlap; per-record Python work is fused so it pays the GIL once per batch chain.
+Bounded channels give backpressure: a slow sink blocks its producer, which blocks the source,
+so memory stays flat. A stop request (Ctrl-C, ``flow.stop()``) only stops the sources; every
+batch already read flows to the sinks, which are then flushed and closed.
+"""
+
+from __future__ import annotations
+
+import queue
+from abc import ABC, abstractmethod
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..deadletters import DeadLetters
+from ..errors import StepError, TideflowError
+from ..flow import Flow, Node
+from ..io.base import Sink, Source, SourceContext
+from ..ops.base import Operator, StepContext, isolate_failures
+from ..record import Batch, Origin, strip_hidden
+from ..time.watermarks import NO_WATERMARK, WatermarkStrategy, event_time_ms
+from .plan import Stage, compile_stages
+
+_END = object()
+"""Marks the end of one producer's output on a channel."""
+_POLL = 0.05
+"""Seconds between checks of the abort flag while blocked on a channel."""
+
+
+class _Aborted(Exception):
+    """Raised inside a worker when the run is being torn down after a failure."""
+
+
+class Channel:
+    """A bounded queue between stages; blocking puts are what backpressure is made of."""
+
+    def __init__(self, maxsize: int, abort: threading.Event) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+        self._abort = abort
+
+    def put(self, item: Any) -> None:
+        while True:
+            try:
+                self._queue.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                if self._abort.is_set():
+                    raise _Aborted from None
+
+    def get(self) -> Any:
+        while True:
+            try:
+                return self._queue.get(timeout=_POLL)
+            except queue.Empty:
+                if self._abort.is_set():
+                    raise _Aborted from None
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+
+@dataclass
+class StepStats:
+    """Counts for one step after (or during) a run."""
+
+    step: str
+    kind: str
+    records_in: int | None = 0
+    records_out: int | None = 0
+    dead_letters: int = 0
+    watermark_ms: int | None = None
+    fused_with: str | None = None
+    """Set for steps fused into one operator: only the chain's first input and last output are
+    counted, so interior counts are ``None`` (unknown) rather than a misleading zero."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class RunResult:
+    """What a run did: records in and out, dead letters, time taken, and per-step counts."""
+
+    flow: str
+    seconds: float
+    records_in: int
+    records_out: int
+    dead_letters: int
+    steps: list[StepStats] = field(default_factory=list)
+    interrupted: bool = False
+    dead_letter_samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records_in / self.seconds if self.seconds > 0 else 0.0
+
+    def step(self, name: str) -> StepStats:
+        for stats in self.steps:
+            if stats.step == name:
+                return stats
+        raise KeyError(f"no step named {name!r} in this run; steps: {[s.step for s in self.steps]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "flow": self.flow,
+            "records_in": self.records_in,
+            "records_out": self.records_out,
+            "dead_letters": self.dead_letters,
+            "seconds": round(self.seconds, 4),
+            "records_per_s": round(self.records_per_s, 1),
+            "interrupted": self.interrupted,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+class _Worker(threading.Thread, ABC):
+    """Base of the runtime's threads: records the first failure and aborts the run."""
+
+    def __init__(self, runtime: LocalRuntime, name: str) -> None:
+        super().__init__(name=f"tideflow:{name}", daemon=True)
+        self.runtime = runtime
+        self.outputs: list[Channel] = []
+
+    def emit(self, batch: Batch) -> None:
+        for channel in self.outputs:
+            channel.put(batch)
+
+    def end(self) -> None:
+        for channel in self.outputs:
+            channel.put(_END)
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except _Aborted:
+            pass
+        except BaseException as error:  # noqa: BLE001 — surfaced by the main thread
+            self.runtime.fail(error)
+
+    @abstractmethod
+    def work(self) -> None:
+        """The thread's job; returns normally at end of input."""
+
+
+class _SourceWorker(_Worker):
+    def __init__(self, runtime: LocalRuntime, node: Node) -> None:
+        super().__init__(runtime, node.name)
+        self.node = node
+        self.source: Source = node.params["source"]
+        self.watermark: WatermarkStrategy | None = node.params.get("watermark")
+        self.stats = StepStats(node.name, "source")
+        self.origin: Origin = self.source.origin(node.name)
+
+    def work(self) -> None:
+        runtime = self.runtime
+        ctx = SourceContext(self.node.name, runtime.dead_letters, runtime.stop_event, self.origin)
+        current_watermark = NO_WATERMARK
+        try:
+            for df in self.source.batches(ctx):
+                if runtime.abort_event.is_set():
+                    raise _Aborted
+                if df.height == 0:
+                    continue
+                self.stats.records_out += df.height
+                if self.watermark is not None and self.source.time is not None:
+                    current_watermark = self.watermark.advance(
+                        current_watermark, event_time_ms(df.get_column(self.source.time))
+                    )
+                    self.stats.watermark_ms = current_watermark
+                self.emit(Batch(df, self.origin))
+                if runtime.stop_event.is_set():
+                    break
+        finally:
+            self.source.close()
+        self.end()
+
+
+class _DeadLetterWorker(_Worker):
+    """Feeds the dead-letter branch from the run's collector until the main branches end."""
+
+    def __init__(self, runtime: LocalRuntime, node: Node) -> None:
+        super().__init__(runtime, node.name)
+        self.node = node
+        self.stats = StepStats(node.name, "dead_letters")
+        self.wake = threading.Event()
+        self.closing = threading.Event()
+        runtime.dead_letters.routed = True
+        runtime.dead_letters.on_add(self.wake.set)
+
+    def work(self) -> None:
+        origin = Origin(self.node.name)
+        while True:
+            closing = self.closing.is_set()
+            self.wake.wait(_POLL)
+            self.wake.clear()
+            if self.runtime.abort_event.is_set():
+                raise _Aborted
+            frame = self.runtime.dead_letters.drain()
+            if frame is not None:
+                self.stats.records_out += frame.height
+                self.emit(Batch(frame, origin))
+            elif closing:
+                break
+        self.end()
+
+
+class _StageWorker(_Worker):
+    def __init__(self, runtime: LocalRuntime, stage: Stage, inbox: Channel) -> None:
+        super().__init__(runtime, stage.name)
+        self.stage = stage
+        self.inbox = inbox
+        self.producers = len(stage.producers)
+        self.ops: list[Operator] = stage.operators()
+        sink_node = stage.tail if stage.tail.kind == "sink" else None
+        self.sink: Sink | None = sink_node.params["sink"] if sink_node else None
+        self.sink_node = sink_node
+        self.sink_stats = StepStats(sink_node.name, "sink") if sink_node else None
+        self.union_stats = StepStats(stage.head.name, "union") if stage.head.kind == "union" else None
+        self.ctx = StepContext(runtime.dead_letters)
+
+    def work(self) -> None:
+        if self.sink is not None:
+            assert self.sink_node is not None
+            self.sink.open(self.sink_node.name)
+        try:
+            ended = 0
+            while ended < self.producers:
+                item = self.inbox.get()
+                if item is _END:
+                    ended += 1
+                    continue
+                if self.union_stats is not None:
+                    self.union_stats.records_in += item.df.height
+                    self.union_stats.records_out += item.df.height
+                self._push(item, 0)
+            for index, op in enumerate(self.ops):
+                flushed = op.finish(self.ctx)
+                if flushed is not None:
+                    self._push(flushed, index + 1)
+        finally:
+            if self.sink is not None and not self.runtime.abort_event.is_set():
+                self.sink.close()
+        self.end()
+
+    def _push(self, batch: Batch, first_op: int) -> None:
+        current: Batch | None = batch
+        for op in self.ops[first_op:]:
+            assert current is not None
+            current = op.process(current, self.ctx)
+            if current is None:
+                return
+        assert current is not None
+        if self.sink is None:
+            self.emit(current)
+        else:
+            self._write(current)
+
+    def _write(self, batch: Batch) -> None:
+        assert self.sink is not None and self.sink_node is not None and self.sink_stats is not None
+        sink, node, stats = self.sink, self.sink_node, self.sink_stats
+        stats.records_in += batch.df.height
+
+        def write(df):  # type: ignore[no-untyped-def]
+            sink.write(strip_hidden(df))
+            return df
+
+        if node.on_error == "fail":
+            try:
+                sink.write(strip_hidden(batch.df))
+            except Exception as error:
+                raise StepError(node.name, error) from error
+            stats.records_out += batch.df.height
+            return
+        written, failures = isolate_failures(write, batch.df)
+        stats.records_out += sum(part.height for part in written)
+        for rows, error in failures:
+            self.ctx.reject_rows(node.name, node.on_error, error, rows, batch.origin)
+
+
+class LocalRuntime:
+    """Runs one flow in this process. Use ``Flow.run``; this class is the machinery."""
+
+    def __init__(self, flow: Flow, *, queue_size: int = 4) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        if not any(node.kind == "source" for node in flow.nodes.values()):
+            raise TideflowError(f"flow {flow.name!r} has no source; add one with flow.source(...)")
+        self.flow = flow
+        self.queue_size = queue_size
+        self.stop_event = threading.Event()
+        self.abort_event = threading.Event()
+        self.dead_letters = DeadLetters()
+        self._failure: BaseException | None = None
+        self._failure_lock = threading.Lock()
+        self.interrupted = False
+        self.stages = compile_stages(flow)
+        self.workers: list[_Worker] = []
+        self._build_workers()
+
+    # -- assembly -----------------------------------------------------------------------------
+    def _build_workers(self) -> None:
+        worker_of: dict[int, _Worker] = {}
+        inbox_of: dict[int, Channel] = {}
+        for stage in self.stages:
+            head = stage.head
+            worker: _Worker
+            if head.kind == "source":
+                worker = _SourceWorker(self, head)
+            elif head.kind == "dead_letters":
+                worker = _DeadLetterWorker(self, head)
+            else:
+                inbox = Channel(self.queue_size, self.abort_event)
+                inbox_of[id(stage)] = inbox
+                worker = _StageWorker(self, stage, inbox)
+            worker_of[id(stage)] = worker
+            self.workers.append(worker)
+        for stage in self.stages:
+            for consumer in stage.consumers:
+                worker_of[id(stage)].outputs.append(inbox_of[id(consumer)])
+        self._dead_letter_branch = self._downstream_of_dead_letters(worker_of)
+
+    def _downstream_of_dead_letters(self, worker_of: dict[int, _Worker]) -> set[int]:
+        roots = [s for s in self.stages if s.head.kind == "dead_letters"]
+        seen: set[int] = set()
+        todo = list(roots)
+        while todo:
+            stage = todo.pop()
+            if id(worker_of[id(stage)]) in seen:
+                continue
+            seen.add(id(worker_of[id(stage)]))
+            todo.extend(stage.consumers)
+        return seen
+
+    # -- control ------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def fail(self, error: BaseException) -> None:
+        with self._failure_lock:
+            if self._failure is None:
+                self._failure = error
+        self.abort_event.set()
+        self.stop_event.set()
+
+    def run(
+        self,
+        *,
+        handle_signals: bool = True,
+        on_tick: Callable[[LocalRuntime], None] | None = None,
+        tick_every: float = 0.1,
+    ) -> RunResult:
+        restore = self._install_signal_handler() if handle_signals else None
+        started = time.perf_counter()
+        try:
+            for worker in self.workers:
+                worker.start()
+            main = [w for w in self.workers if id(w) not in self._dead_letter_branch]
+            branch = [w for w in self.workers if id(w) in self._dead_letter_branch]
+            self._wait(main, on_tick, tick_every)
+            for worker in branch:
+                if isinstance(worker, _DeadLetterWorker):
+                    worker.closing.set()
+                    worker.wake.set()
+            self._wait(branch, on_tick, tick_every)
+        finally:
+            if restore is not None:
+                restore()
+        seconds = time.perf_counter() - started
+        if self._failure is not None:
+            raise self._failure
+        return self._result(seconds)
+
+    def _wait(self, workers: list[_Worker], on_tick: Callable[[LocalRuntime], None] | None, every: float) -> None:
+        for worker in workers:
+            while worker.is_alive():
+                worker.join(every)
+                if on_tick is not None:
+                    on_tick(self)
+
+    def _install_signal_handler(self) -> Callable[[], None] | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if self.stop_event.is_set():
+                # A second Ctrl-C: stop now, without waiting for in-flight batches.
+                self.fail(KeyboardInterrupt())
+                return
+            self.interrupted = True
+            self.stop_event.set()
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+    # -- reporting ----------------------------------------------------------------------------
+    def progress(self) -> list[tuple[str, int, int | None]]:
+        """``(source step, done, total)`` for each source, for progress displays."""
+        out = []
+        for worker in self.workers:
+            if isinstance(worker, _SourceWorker):
+                done, total = worker.source.progress()
+                out.append((worker.node.name, done, total))
+        return out
+
+    def records_read(self) -> int:
+        return sum(w.stats.records_out for w in self.workers if isinstance(w, _SourceWorker))
+
+    def step_stats(self) -> list[StepStats]:
+        stats: list[StepStats] = []
+        counts = self.dead_letters.counts
+        for worker in self.workers:
+            if isinstance(worker, _SourceWorker | _DeadLetterWorker):
+                worker.stats.dead_letters = counts.get(worker.stats.step, 0)
+                if isinstance(worker, _SourceWorker):
+                    worker.stats.records_in = worker.stats.records_out + worker.stats.dead_letters
+                stats.append(worker.stats)
+            elif isinstance(worker, _StageWorker):
+                if worker.union_stats is not None:
+                    stats.append(worker.union_stats)
+                for op in worker.ops:
+                    names = op.steps
+                    fused_with = names[0] if len(names) > 1 else None
+                    chain = [
+                        StepStats(
+                            step,
+                            self.flow.nodes[step].kind,
+                            records_in=op.records_in if i == 0 else None,
+                            records_out=op.records_out if i == len(names) - 1 else None,
+                            dead_letters=counts.get(step, 0),
+                            fused_with=fused_with,
+                        )
+                        for i, step in enumerate(names)
+                    ]
+                    stats.extend(chain)
+                if worker.sink_stats is not None:
+                    worker.sink_stats.dead_letters = counts.get(worker.sink_stats.step, 0)
+                    stats.append(worker.sink_stats)
+        return stats
+
+    def _result(self, seconds: float) -> RunResult:
+        steps = self.step_stats()
+        sources = [s for s in steps if s.kind == "source"]
+        sinks = [s for s in steps if s.kind == "sink"]
+        dlq_branch_sinks = {
+            w.sink_stats.step
+            for w in self.workers
+            if isinstance(w, _StageWorker) and w.sink_stats is not None and id(w) in self._dead_letter_branch
+        }
+        return RunResult(
+            flow=self.flow.name,
+            seconds=seconds,
+            records_in=sum(s.records_in or 0 for s in sources),
+            records_out=sum(s.records_out or 0 for s in sinks if s.step not in dlq_branch_sinks),
+            dead_letters=self.dead_letters.total,
+            steps=steps,
+            interrupted=self.interrupted,
+            dead_letter_samples=self.dead_letters.kept[:100],
+        )

@@ -1,0 +1,50 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+BENCH_VENV ?= .bench-venv
+
+.PHONY: install install-test demo test lint bench bench-env clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP) $@
+
+install: $(STAMP)            ## create .venv and install tideflow
+
+install-test: $(TEST_STAMP)  ## install with the test extras
+
+demo: $(STAMP)               ## run the main job on bundled real data
+	$(BIN)/tideflow demo
+
+test: $(TEST_STAMP)          ## run every test (and lint)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -q
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+# A separate venv for peers measured side by side (Bytewax pins its own dependencies).
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet "bytewax==0.21.1"
+	touch $@
+
+bench-env: $(BENCH_VENV)/.installed  ## create the peers' benchmark venv (Bytewax 0.21.1)
+
+bench: $(STAMP) bench-env    ## stateless throughput, tideflow beside Bytewax
+	$(BIN)/python benchmarks/stateless.py
+
+clean:
+	rm -rf $(VENV) $(BENCH_VENV) build dist src/*.egg-info

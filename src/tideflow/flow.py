@@ -55,9 +55,7 @@ class Flow:
         self._runtime: Any = None
 
     # -- building -----------------------------------------------------------------------------
-    def _add(
-        self, name: str, node_kind: NodeKind, inputs: list[Node], on_error: OnError | None, **params: Any
-    ) -> Node:
+    def _add(self, name: str, node_kind: NodeKind, inputs: list[Node], on_error: OnError | None, **params: Any) -> Node:
         if not isinstance(name, str) or not name:
             raise FlowDefinitionError(f"a step name must be a non-empty string, got {name!r}")
         if name in self.nodes:
@@ -143,7 +141,9 @@ class Stream:
         return Stream(self.flow, node, time=self.time, key=self.key)
 
     # -- per-record operators -----------------------------------------------------------------
-    def map(self, step: str, fn: Callable[[dict[str, Any]], dict[str, Any]], *, on_error: OnError | None = None) -> Stream:
+    def map(
+        self, step: str, fn: Callable[[dict[str, Any]], dict[str, Any]], *, on_error: OnError | None = None
+    ) -> Stream:
         """Apply ``fn(record) -> record`` to every record."""
         _check_callable(step, fn)
         return self._then(step, "record", on_error, kind="map", fn=fn)
@@ -158,7 +158,11 @@ class Stream:
         return self._then(step, "record", on_error, kind="filter", fn=predicate)
 
     def flat_map(
-        self, step: str, fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]] | None], *, on_error: OnError | None = None
+        self,
+        step: str,
+        fn: Callable[[dict[str, Any]], Iterable[dict[str, Any]] | None],
+        *,
+        on_error: OnError | None = None,
     ) -> Stream:
         """Replace each record by the zero or more records ``fn`` returns."""
         _check_callable(step, fn)
@@ -166,7 +170,12 @@ class Stream:
 
     # -- columnar operators -------------------------------------------------------------------
     def map_batches(
-        self, step: str, fn: Callable[[Any], Any], *, format: Literal["polars", "arrow"] = "polars", on_error: OnError | None = None
+        self,
+        step: str,
+        fn: Callable[[Any], Any],
+        *,
+        format: Literal["polars", "arrow"] = "polars",
+        on_error: OnError | None = None,
     ) -> Stream:
         """Apply ``fn`` to whole batches (a polars DataFrame, or an Arrow table with format="arrow").
 

@@ -12,8 +12,10 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
+from .._columns import records_to_frame
 from .._duration import Duration, to_seconds
-from ..record import POSITION, from_records, to_records
+from .._gc import gc_paused
+from ..record import POSITION, to_records
 from .base import Sink, Source, SourceContext
 from .eventtime import parse_event_time
 from .pacing import ReplayPacer
@@ -51,7 +53,8 @@ class IterableSource(Source):
         self.replay = replay
         self._done = 0
         self._total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
-        self._schema: pl.Schema | None = None
+        self._types: dict[str, pl.DataType] = {}
+        """Column types fixed by the first records; later records must agree."""
 
     def progress(self) -> tuple[int, int | None]:
         return (self._done, self._total)
@@ -104,38 +107,28 @@ class IterableSource(Source):
         assert isinstance(frame, pl.DataFrame)
         for offset in range(0, frame.height, self.batch_size):
             part = frame.slice(offset, self.batch_size)
-            yield part.with_columns(pl.int_range(first + offset, first + offset + part.height, dtype=pl.Int64).alias(POSITION))
+            yield part.with_columns(
+                pl.int_range(first + offset, first + offset + part.height, dtype=pl.Int64).alias(POSITION)
+            )
 
     def _from_records(self, records: list[Any], first: int, ctx: SourceContext) -> pl.DataFrame:
-        """Build a batch; records that are not dicts, or disagree on types, become dead letters."""
-        good: list[dict[str, Any]] = []
+        """Build a batch; records that are not dicts, or break the column types, are rejected."""
+        with gc_paused():
+            return self._build_batch(records, first, ctx)
+
+    def _build_batch(self, records: list[Any], first: int, ctx: SourceContext) -> pl.DataFrame:
+        dicts: list[dict[str, Any]] = []
         positions: list[int] = []
         for offset, record in enumerate(records):
             if isinstance(record, dict):
-                good.append(record)
+                dicts.append(record)
                 positions.append(first + offset)
             else:
                 ctx.reject(TypeError(f"expected a dict record, got {type(record).__name__}"), record, first + offset)
-        try:
-            frame = from_records(good, schema=self._schema)
-        except Exception:
-            frame, positions = self._tolerant(good, positions, ctx)
-        if self._schema is None and frame.width:
-            self._schema = frame.schema
-        return frame.with_columns(pl.Series(POSITION, positions, dtype=pl.Int64))
-
-    def _tolerant(self, records: list[dict[str, Any]], positions: list[int], ctx: SourceContext):  # type: ignore[no-untyped-def]
-        schema = self._schema or pl.from_dicts(records[:1]).schema
-        good, kept = [], []
-        for record, position in zip(records, positions, strict=True):
-            try:
-                pl.from_dicts([record], schema=schema, strict=True)
-            except Exception as error:  # noqa: BLE001
-                ctx.reject(f"schema violation: {error}", record, position)
-                continue
-            good.append(record)
-            kept.append(position)
-        return pl.from_dicts(good, schema=schema) if good else pl.DataFrame(schema=schema), kept
+        frame, kept, rejects = records_to_frame(dicts, self._types)
+        for index, reason in rejects.items():
+            ctx.reject(f"schema violation: {reason}", dicts[index], positions[index])
+        return frame.with_columns(pl.Series(POSITION, [positions[i] for i in kept], dtype=pl.Int64))
 
     def _with_time(self, frame: pl.DataFrame, ctx: SourceContext) -> pl.DataFrame | None:
         if self.time is None or frame.height == 0:

@@ -10,10 +10,10 @@ batch already read flows to the sinks, which are then flushed and closed.
 from __future__ import annotations
 
 import queue
-from abc import ABC, abstractmethod
 import signal
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,7 +140,7 @@ class _Worker(threading.Thread, ABC):
             self.work()
         except _Aborted:
             pass
-        except BaseException as error:  # noqa: BLE001 — surfaced by the main thread
+        except BaseException as error:
             self.runtime.fail(error)
 
     @abstractmethod

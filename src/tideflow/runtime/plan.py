@@ -89,10 +89,7 @@ def compile_stages(flow: Flow) -> list[Stage]:
     for node in flow.nodes.values():
         parent = node.inputs[0] if len(node.inputs) == 1 else None
         fuse = (
-            node.kind in FUSABLE
-            and parent is not None
-            and parent.kind in CARRIES_CHAIN
-            and len(parent.consumers) == 1
+            node.kind in FUSABLE and parent is not None and parent.kind in CARRIES_CHAIN and len(parent.consumers) == 1
         )
         if fuse:
             assert parent is not None

@@ -125,6 +125,7 @@ class _Worker(threading.Thread, ABC):
     def __init__(self, runtime: LocalRuntime, name: str) -> None:
         super().__init__(name=f"tideflow:{name}", daemon=True)
         self.runtime = runtime
+        self.step = name
         self.outputs: list[Channel] = []
 
     def emit(self, batch: Batch) -> None:
@@ -140,8 +141,13 @@ class _Worker(threading.Thread, ABC):
             self.work()
         except _Aborted:
             pass
-        except BaseException as error:
+        except (StepError, KeyboardInterrupt) as error:
             self.runtime.fail(error)
+        except BaseException as error:
+            # Anything else is reported with the step it came from.
+            wrapped = StepError(self.step, error)
+            wrapped.__cause__ = error
+            self.runtime.fail(wrapped)
 
     @abstractmethod
     def work(self) -> None:
@@ -227,6 +233,7 @@ class _StageWorker(_Worker):
     def work(self) -> None:
         if self.sink is not None:
             assert self.sink_node is not None
+            self.step = self.sink_node.name
             self.sink.open(self.sink_node.name)
         try:
             ended = 0
@@ -339,6 +346,8 @@ class LocalRuntime:
 
     # -- control ------------------------------------------------------------------------------
     def request_stop(self) -> None:
+        """Stop reading; what was read is still processed and written (``interrupted`` is set)."""
+        self.interrupted = True
         self.stop_event.set()
 
     def fail(self, error: BaseException) -> None:

@@ -54,9 +54,12 @@ def render_payload(payload: Any) -> str:
 
 
 def describe_error(error: BaseException | str) -> str:
+    """``Type: message``, first paragraph only (polars appends the whole query plan)."""
     if isinstance(error, BaseException):
-        return f"{type(error).__name__}: {error}"
-    return error
+        text = f"{type(error).__name__}: {error}"
+    else:
+        text = error
+    return text.split("\n\n", 1)[0].strip()
 
 
 class DeadLetters:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from .runtime.local import RunResult
     from .time.watermarks import WatermarkStrategy
 
+DEAD_LETTERS_STEP = "(dead letters)"
+"""Name of the built-in dead-letter stream; brackets keep it clear of names users choose."""
+
 NodeKind = Literal["source", "dead_letters", "expr", "record", "map_batches", "branch", "branch_side", "union", "sink"]
 
 
@@ -85,7 +88,7 @@ class Flow:
     def dead_letters(self) -> Stream:
         """The stream of dead letters of every step (columns: step, error, payload, source, ...)."""
         if self._dead_letters is None:
-            node = self._add("dead-letters", "dead_letters", [], "fail")
+            node = self._add(DEAD_LETTERS_STEP, "dead_letters", [], "fail")
             self._dead_letters = Stream(self, node)
         return self._dead_letters
 

@@ -209,6 +209,7 @@ class _DeadLetterWorker(_Worker):
                 raise _Aborted
             frame = self.runtime.dead_letters.drain()
             if frame is not None:
+                self.stats.records_in = (self.stats.records_in or 0) + frame.height
                 self.stats.records_out += frame.height
                 self.emit(Batch(frame, origin))
             elif closing:

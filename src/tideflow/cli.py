@@ -1,0 +1,143 @@
+"""The ``tideflow`` command line: run a pipeline file, run the demo, show the version.
+
+Output conventions: progress and messages go to stderr, results (the summary table, or one JSON
+object with ``--json``) go to stdout, so ``tideflow run p.py --json | jq`` works. A run stopped
+by Ctrl-C flushes its sinks, prints a partial summary and exits with 130.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import TideflowError
+from .flow import Flow
+from .runtime.local import RunResult
+from .ui import RunProgress, render_summary
+
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="tideflow",
+    help="tideflow: a Python engine for real-time AI on data streams.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tideflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """tideflow: a Python engine for real-time AI on data streams."""
+
+
+def load_flow(path: Path, variable: str = "flow") -> Flow:
+    """Execute a pipeline file and return the ``Flow`` it defines under ``variable``."""
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} is not a file", param_hint="PIPELINE")
+    namespace = runpy.run_path(str(path), run_name="__tideflow_pipeline__")
+    flow = namespace.get(variable)
+    if not isinstance(flow, Flow):
+        found = [name for name, value in namespace.items() if isinstance(value, Flow)]
+        hint = f"; it defines {found}: pass --flow {found[0]}" if found else ""
+        raise typer.BadParameter(
+            f"{path} must define a tideflow.Flow named {variable!r}{hint}", param_hint="PIPELINE"
+        )
+    return flow
+
+
+def run_flow(flow: Flow, *, quiet: bool = False) -> RunResult:
+    """Run with a progress display on stderr (suppressed by ``quiet`` or when not a terminal)."""
+    progress = None if quiet else RunProgress(stderr)
+    try:
+        if progress is not None:
+            progress.start()
+        return flow.run(on_tick=progress.update if progress is not None else None)
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+def finish(result: RunResult, *, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """Print the summary (table or JSON) and exit 130 when the run was interrupted."""
+    if as_json:
+        payload = {**result.to_dict(), **(extra or {})}
+        stdout.print_json(json.dumps(payload, default=str))
+    else:
+        render_summary(stdout, result, extra)
+    if result.interrupted:
+        stderr.print("[yellow]interrupted: in-flight batches were finished and sinks flushed[/]")
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@app.command("run")
+def run_command(
+    pipeline: Annotated[Path, typer.Argument(help="A Python file that defines a tideflow.Flow.")],
+    flow_variable: Annotated[str, typer.Option("--flow", help="Name of the Flow variable in the file.")] = "flow",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Run the flow defined in PIPELINE embedded, until its bounded inputs end (or Ctrl-C)."""
+    sys.path.insert(0, str(pipeline.resolve().parent))
+    flow = load_flow(pipeline, flow_variable)
+    try:
+        result = run_flow(flow, quiet=quiet)
+    except TideflowError as error:
+        stderr.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from error
+    finish(result, as_json=as_json)
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where results go (default: a new folder under ./tideflow-out).")
+    ] = None,
+    speed: Annotated[
+        float | None,
+        typer.Option("--speed", help="Replay speed relative to event time (default: as fast as possible)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Detect anomalies in real server metrics (NAB), replayed in event time, into SQLite."""
+    from .apps.telemetry import TelemetryDemo
+
+    demo = TelemetryDemo.create(out_dir=out, speed=speed)
+    if not quiet and not as_json:
+        stderr.print(f"tideflow demo: {len(demo.files)} NAB server-metric series → {demo.out_dir}")
+    try:
+        result = run_flow(demo.flow, quiet=quiet)
+    except TideflowError as error:
+        stderr.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from error
+    report = demo.report(result)
+    finish(result, as_json=as_json, extra=report)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Terminal display of a run: a live progress bar while it runs, a one-screen summary after."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .runtime.local import LocalRuntime, RunResult
+
+
+class RunProgress:
+    """One bar per source with a known size (files: bytes), plus a live records count."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[records]} records"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def start(self) -> None:
+        self.progress.start()
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+    def update(self, runtime: LocalRuntime) -> None:
+        for step, done, total in runtime.progress():
+            if step not in self.tasks:
+                self.tasks[step] = self.progress.add_task(step, total=total, records=0)
+            self.progress.update(self.tasks[step], completed=done, total=total, records=f"{runtime.records_read():,}")
+
+
+def render_summary(console: Console, result: RunResult, extra: dict[str, Any] | None = None) -> None:
+    """The one-screen summary: totals, then per-step counts."""
+    head = Table(title=f"tideflow run: {result.flow}" + (" (interrupted)" if result.interrupted else ""))
+    for column in ("records in", "records out", "dead letters", "seconds", "records/s"):
+        head.add_column(column, justify="right")
+    head.add_row(
+        f"{result.records_in:,}",
+        f"{result.records_out:,}",
+        f"{result.dead_letters:,}",
+        f"{result.seconds:.2f}",
+        f"{result.records_per_s:,.0f}",
+    )
+    console.print(head)
+    steps = Table(show_edge=False, box=None)
+    for column in ("step", "kind", "in", "out", "dead letters"):
+        steps.add_column(column, justify="left" if column in ("step", "kind") else "right")
+    for s in result.steps:
+        steps.add_row(
+            s.step,
+            s.kind + (f" (fused with {s.fused_with})" if s.fused_with and s.fused_with != s.step else ""),
+            "–" if s.records_in is None else f"{s.records_in:,}",
+            "–" if s.records_out is None else f"{s.records_out:,}",
+            f"{s.dead_letters:,}" if s.dead_letters else "",
+        )
+    console.print(steps)
+    if extra:
+        details = Table(show_header=False, box=None)
+        for key, value in extra.items():
+            details.add_row(key, str(value))
+        console.print(details)

@@ -55,10 +55,7 @@ def render_payload(payload: Any) -> str:
 
 def describe_error(error: BaseException | str) -> str:
     """``Type: message``, first paragraph only (polars appends the whole query plan)."""
-    if isinstance(error, BaseException):
-        text = f"{type(error).__name__}: {error}"
-    else:
-        text = error
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
     return text.split("\n\n", 1)[0].strip()
 
 

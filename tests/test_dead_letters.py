@@ -189,3 +189,13 @@ def test_outputs_plus_dead_letters_account_for_every_input(numbers: list[int], b
     assert len(dead) == failures
     assert len(out) + len(dead) <= len(numbers)
     assert result.records_in == len(numbers)
+
+
+def test_a_failure_inside_the_dead_letter_branch_stops_the_run() -> None:
+    flow = tdf.Flow("dlq-of-dlq")
+    flow.source("src", tdf.io.MemorySource([{"n": 0}, {"n": 1}])).map("inv", lambda r: {"n": 1 / r["n"]}).sink(
+        "out", tdf.io.NullSink()
+    )
+    flow.dead_letters().map("broken-handler", lambda r: {"x": r["missing"]}).sink("dlq", tdf.io.NullSink())
+    with pytest.raises(tdf.StepError, match="broken-handler"):
+        flow.run(handle_signals=False)

@@ -31,6 +31,9 @@ class StepContext:
     """What an operator may use while running: dead letters and its error policy."""
 
     dead_letters: DeadLetters
+    strict: bool = False
+    """Set in the dead-letter branch: a letter that cannot be handled must stop the run, because
+    sending it to the dead letters again could loop or, after the branch closed, lose it."""
 
     def reject(
         self,
@@ -42,7 +45,7 @@ class StepContext:
         position: int | None,
     ) -> None:
         """Send one record to dead letters, or raise ``StepError`` under ``on_error="fail"``."""
-        if on_error == "fail":
+        if on_error == "fail" or self.strict:
             where = origin.describe(position) if origin is not None and position is not None else None
             text = f"{where['file'] or where['source']} {where['position']}" if where else None
             raise StepError(step, error, text) from error

@@ -252,9 +252,20 @@ class _StageWorker(_Worker):
                 if flushed is not None:
                     self._push(flushed, index + 1)
         finally:
-            if self.sink is not None and not self.runtime.abort_event.is_set():
-                self.sink.close()
+            self._close_sink()
         self.end()
+
+    def _close_sink(self) -> None:
+        """Close the sink even after a failure elsewhere: what it completed becomes durable."""
+        if self.sink is None:
+            return
+        if not self.runtime.abort_event.is_set():
+            self.sink.close()
+            return
+        try:
+            self.sink.close()
+        except Exception:  # the run is already failing; its first error is the one reported
+            return
 
     def _push(self, batch: Batch, first_op: int) -> None:
         current: Batch | None = batch
@@ -278,7 +289,7 @@ class _StageWorker(_Worker):
             sink.write(strip_hidden(df))
             return df
 
-        if node.on_error == "fail":
+        if node.on_error == "fail" or self.ctx.strict:
             try:
                 sink.write(strip_hidden(batch.df))
             except Exception as error:
@@ -332,6 +343,9 @@ class LocalRuntime:
             for consumer in stage.consumers:
                 worker_of[id(stage)].outputs.append(inbox_of[id(consumer)])
         self._dead_letter_branch = self._downstream_of_dead_letters(worker_of)
+        for worker in self.workers:
+            if isinstance(worker, _StageWorker) and id(worker) in self._dead_letter_branch:
+                worker.ctx.strict = True
 
     def _downstream_of_dead_letters(self, worker_of: dict[int, _Worker]) -> set[int]:
         roots = [s for s in self.stages if s.head.kind == "dead_letters"]

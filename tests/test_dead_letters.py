@@ -199,3 +199,19 @@ def test_a_failure_inside_the_dead_letter_branch_stops_the_run() -> None:
     flow.dead_letters().map("broken-handler", lambda r: {"x": r["missing"]}).sink("dlq", tdf.io.NullSink())
     with pytest.raises(tdf.StepError, match="broken-handler"):
         flow.run(handle_signals=False)
+
+
+def test_an_infrastructure_error_in_a_sink_stops_the_run_instead_of_dead_lettering_rows() -> None:
+    attempts = 0
+
+    class FullDisk(tdf.io.Sink):
+        def write(self, df: pl.DataFrame) -> None:
+            nonlocal attempts
+            attempts += 1
+            raise OSError(28, "No space left on device")
+
+    flow = tdf.Flow("disk")
+    flow.source("src", tdf.io.MemorySource([{"v": i} for i in range(100)], batch_size=100)).sink("full", FullDisk())
+    with pytest.raises(tdf.StepError, match="step 'full' failed: OSError"):
+        flow.run(handle_signals=False)
+    assert attempts == 1

@@ -20,3 +20,13 @@ class StepError(TideflowError):
         self.step = step
         self.cause = cause
         self.position = position
+
+
+class BatchRejected(TideflowError):
+    """Raised by a sink or batch function when the batch as a whole cannot be taken (its columns
+    do not fit): every row becomes a dead letter at once, without bisecting for bad rows."""
+
+
+class InfrastructureError(TideflowError):
+    """Raised when the step's environment is broken (disk full, database locked, service down):
+    no row is at fault, so the run stops instead of dead-lettering every row."""

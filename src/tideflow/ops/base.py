@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,13 +11,14 @@ from typing import Any, Literal
 import polars as pl
 
 from ..deadletters import DeadLetters
-from ..errors import StepError
+from ..errors import BatchRejected, InfrastructureError, StepError
 from ..record import POSITION, Batch, Origin, to_records
 
 OnError = Literal["dlq", "fail"]
 ON_ERROR_CHOICES = ("dlq", "fail")
 
 STRUCTURAL_ERRORS: tuple[type[BaseException], ...] = (
+    BatchRejected,
     pl.exceptions.ColumnNotFoundError,
     pl.exceptions.SchemaError,
     pl.exceptions.SchemaFieldNotFoundError,
@@ -24,6 +26,14 @@ STRUCTURAL_ERRORS: tuple[type[BaseException], ...] = (
     pl.exceptions.StructFieldNotFoundError,
 )
 """Errors that concern the batch's shape, not any one row: every row fails the same way."""
+
+FATAL_ERRORS: tuple[type[BaseException], ...] = (InfrastructureError, OSError, MemoryError, sqlite3.OperationalError)
+"""Errors of the environment, not of any record: bisecting would retry ~2n times and then
+dead-letter every row, so they stop the run (naming the step) instead."""
+
+RECORD_ERRORS: tuple[type[BaseException], ...] = (Exception, pl.exceptions.PanicException)
+"""What a user function or a batch operation may raise for a bad record. polars panics derive
+from ``BaseException`` and would otherwise escape dead-lettering and kill the run."""
 
 
 @dataclass
@@ -94,9 +104,11 @@ def isolate_failures(
     """
     try:
         return [apply(df)], []
+    except FATAL_ERRORS:
+        raise
     except STRUCTURAL_ERRORS as error:
         return [], [(df, error)]
-    except Exception as error:
+    except RECORD_ERRORS as error:
         if df.height <= 1:
             return [], [(df, error)]
         middle = df.height // 2

@@ -18,7 +18,7 @@ from .._columns import records_to_frame
 from .._gc import gc_paused
 from ..errors import FlowDefinitionError
 from ..record import HIDDEN_PREFIX, POSITION, Batch, strip_hidden, to_records
-from .base import OnError, Operator, StepContext, isolate_failures
+from .base import RECORD_ERRORS, OnError, Operator, StepContext, isolate_failures
 
 ExprKind = Literal["filter", "with_columns", "select"]
 RecordKind = Literal["map", "filter", "flat_map"]
@@ -64,7 +64,7 @@ class ExprChain(Operator):
         self.records_in += batch.df.height
         try:
             out = self._run(batch.df, self.chain)
-        except Exception:
+        except RECORD_ERRORS:
             out = self._process_step_by_step(batch, ctx)
         self.records_out += out.height
         return batch.with_df(out) if out.height else None
@@ -148,7 +148,7 @@ class RecordChain(Operator):
                 for s in self.chain:
                     step = s.step
                     items = list(_apply_record_step(s, items))
-            except Exception as error:
+            except RECORD_ERRORS as error:
                 position = positions[i] if positions else None
                 ctx.reject(step, self._policy[step], error, record, batch.origin, position)
                 continue
@@ -201,7 +201,7 @@ def _compile_one_to_one(kinds: list[str]) -> Callable[..., None]:
     lines += [
         "            emit(r)",
         "            emit_index(i)",
-        "        except Exception as error:",
+        "        except RECORD_ERRORS as error:",
         "            on_error(i, s, error)",
     ]
     namespace: dict[str, Any] = {
@@ -209,7 +209,7 @@ def _compile_one_to_one(kinds: list[str]) -> Callable[..., None]:
         "enumerate": enumerate,
         "type": type,
         "dict": dict,
-        "Exception": Exception,
+        "RECORD_ERRORS": RECORD_ERRORS,
     }
     exec("\n".join(lines), namespace)
     return namespace["loop"]

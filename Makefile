@@ -38,7 +38,7 @@ lint: $(TEST_STAMP)
 $(BENCH_VENV)/.installed:
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
-	$(BENCH_VENV)/bin/pip install --quiet "bytewax==0.21.1"
+	$(BENCH_VENV)/bin/pip install --quiet "bytewax==0.21.1" "polars==2.1.0" "pyarrow==26.0.1"
 	touch $@
 
 bench-env: $(BENCH_VENV)/.installed  ## create the peers' benchmark venv (Bytewax 0.21.1)

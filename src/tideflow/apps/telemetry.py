@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from ..flow import Flow
-from ..io import CsvSource, JsonlSink, ParquetSink, SqliteSink
+from ..io import CsvSource, JsonlSink, ParquetSink, Schema, SqliteSink
 from ..runtime.local import RunResult
 from ..time.watermarks import BoundedOutOfOrder
 from .robust_z import RollingRobustZ
@@ -97,7 +97,9 @@ def build_flow(files: list[Path], out_dir: Path, *, speed: float | None = None) 
         CsvSource(
             [str(f) for f in files],
             time="timestamp",
-            schema={"timestamp": pl.String, "value": pl.Float64},
+            # Only the timestamp is required: a missing value reaches the `clean` step, which
+            # drops it as a gap in the series rather than as a broken record.
+            schema=Schema({"timestamp": pl.String, "value": pl.Float64}, required=["timestamp"]),
             file_column="series",
             replay=speed,
         ),

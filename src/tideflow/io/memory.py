@@ -128,7 +128,7 @@ class IterableSource(Source):
                 ctx.reject(TypeError(f"expected a dict record, got {type(record).__name__}"), record, first + offset)
         frame, kept, rejects = records_to_frame(dicts, self._types)
         for index, reason in rejects.items():
-            ctx.reject(f"schema violation: {reason}", dicts[index], positions[index])
+            ctx.reject(reason, dicts[index], positions[index])
         return frame.with_columns(pl.Series(POSITION, [positions[i] for i in kept], dtype=pl.Int64))
 
     def _with_time(self, frame: pl.DataFrame, ctx: SourceContext) -> pl.DataFrame | None:

@@ -191,3 +191,54 @@ def test_mixed_chain_matches_python_oracle_for_any_batching(data: list[dict[str,
     out, _, dead = run_one(build, data, batch_size=batch_size) if data else ([], None, [])
     assert out == expected
     assert dead == []
+
+
+def test_linger_flushes_a_partial_batch_while_the_generator_waits() -> None:
+    import threading
+
+    from .conftest import FlowThread, wait_until
+
+    resume = threading.Event()
+
+    def slow() -> Any:
+        yield from ({"i": i} for i in range(3))
+        resume.wait(30)  # the generator blocks, as one reading a socket would
+        yield {"i": 3}
+
+    out = tdf.io.MemorySink()
+    flow = tdf.Flow("linger")
+    flow.source("src", tdf.io.IterableSource(slow(), batch_size=1000, linger="20ms")).sink("out", out)
+    runner = FlowThread(flow)
+    runner.start()
+    wait_until(lambda: len(out) == 3, what="the lingering partial batch")
+    resume.set()
+    runner.join(10)
+    assert [r["i"] for r in out.records] == [0, 1, 2, 3]
+
+
+def test_generator_error_after_some_records_keeps_them_and_names_the_source() -> None:
+    def broken() -> Any:
+        yield from ({"i": i} for i in range(5))
+        raise ValueError("upstream closed")
+
+    out = tdf.io.MemorySink()
+    flow = tdf.Flow("gen-error")
+    flow.source("gen", tdf.io.IterableSource(broken(), batch_size=2)).sink("out", out)
+    with pytest.raises(tdf.StepError, match="step 'gen' failed: ValueError: upstream closed"):
+        flow.run(handle_signals=False)
+    assert [r["i"] for r in out.records] == [0, 1, 2, 3, 4]
+
+
+def test_stdout_sink_writes_json_lines_and_tables() -> None:
+    import io as stdio
+
+    data = [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    for fmt, check in (
+        ("jsonl", lambda t: t.splitlines() == ['{"a":1,"b":"x"}', '{"a":2,"b":"y"}']),
+        ("pretty", lambda t: "shape: (2, 2)" in t and "│ 2   ┆ y   │" in t),
+    ):
+        buffer = stdio.StringIO()
+        flow = tdf.Flow("stdout")
+        flow.source("src", tdf.io.MemorySource(data)).sink("print", tdf.io.StdoutSink(format=fmt, stream=buffer))
+        flow.run(handle_signals=False)
+        assert check(buffer.getvalue()), buffer.getvalue()

@@ -85,8 +85,8 @@ def test_backpressure_bounds_what_the_source_reads_ahead_of_a_slow_sink() -> Non
     runner.start()
     # Hold the sink: the pipeline fills its bounded channels, then the source must block.
     # Bound: 2 channels of queue_size batches + one batch in each of 3 workers + the source's
-    # partial batch.
-    bound = (2 * queue_size + 3 + 1) * batch
+    # chunk being built + the prefetch buffer (2 batches) and the item its reader holds.
+    bound = (2 * queue_size + 3 + 1 + 2) * batch + 1
     wait_until(lambda: produced >= bound - batch, what="the pipeline to fill up")
     highest = 0
     for released in range(batches):

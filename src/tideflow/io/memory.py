@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, Literal
 
@@ -19,6 +18,7 @@ from ..record import POSITION, to_records
 from .base import Sink, Source, SourceContext
 from .eventtime import parse_event_time
 from .pacing import ReplayPacer
+from .prefetch import Prefetcher
 
 DEFAULT_BATCH_SIZE = 10_000
 
@@ -71,36 +71,41 @@ class IterableSource(Source):
                 yield from pacer.pace(frame)
 
     def _frames(self, ctx: SourceContext) -> Iterator[pl.DataFrame]:
-        pending: list[dict[str, Any]] = []
-        first_index = 0
         index = 0
-        opened = time.monotonic()
-        for item in self.items:
-            if isinstance(item, pl.DataFrame | pa.Table | pa.RecordBatch):
-                if pending:
-                    yield self._from_records(pending, first_index, ctx)
-                    pending = []
-                yield from self._from_frame(item, index)
-                index += item.num_rows if not isinstance(item, pl.DataFrame) else item.height
-                first_index = index
-                self._done = index
-                if ctx.stopping():
-                    return
-                continue
-            if not pending:
-                first_index = index
-                opened = time.monotonic()
-            pending.append(item)
-            index += 1
-            if len(pending) >= self.batch_size or time.monotonic() - opened >= self.linger_s:
-                self._done = index
-                yield self._from_records(pending, first_index, ctx)
-                pending = []
-                if ctx.stopping():
-                    return
-        if pending:
+        for chunk in self._chunks(ctx):
+            if len(chunk) == 1 and _is_frame(chunk[0]):
+                frame = chunk[0]
+                yield from self._from_frame(frame, index)
+                index += frame.height if isinstance(frame, pl.DataFrame) else frame.num_rows
+            else:
+                yield self._from_records(chunk, index, ctx)
+                index += len(chunk)
             self._done = index
-            yield self._from_records(pending, first_index, ctx)
+            if ctx.stopping():
+                return
+
+    def _chunks(self, ctx: SourceContext) -> Iterator[list[Any]]:
+        """Records in batches, ready-made frames alone; a live iterator is read on a thread."""
+        if isinstance(self.items, list | tuple):
+            pending: list[Any] = []
+            for item in self.items:
+                if _is_frame(item):
+                    if pending:
+                        yield pending
+                        pending = []
+                    yield [item]
+                    continue
+                pending.append(item)
+                if len(pending) >= self.batch_size:
+                    yield pending
+                    pending = []
+            if pending:
+                yield pending
+            return
+        prefetcher = Prefetcher(
+            self.items, batch_size=self.batch_size, linger_s=self.linger_s, stop=ctx.stop, whole=_is_frame
+        )
+        yield from prefetcher.chunks()
 
     def _from_frame(self, item: pl.DataFrame | pa.Table | pa.RecordBatch, first: int) -> Iterator[pl.DataFrame]:
         frame = item if isinstance(item, pl.DataFrame) else pl.from_arrow(item)
@@ -142,6 +147,10 @@ class IterableSource(Source):
                 ctx.reject(f"cannot read event time from column {self.time!r}", record, position)
             frame = frame.filter(~bad)
         return frame if frame.height else None
+
+
+def _is_frame(item: object) -> bool:
+    return isinstance(item, pl.DataFrame | pa.Table | pa.RecordBatch)
 
 
 class MemorySource(IterableSource):

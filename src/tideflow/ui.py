@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.filesize import decimal
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .runtime.local import LocalRuntime, RunResult
@@ -18,7 +19,7 @@ class RunProgress:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            DownloadColumn(),
+            TextColumn("{task.fields[amount]}"),
             TextColumn("{task.fields[records]} records"),
             TimeRemainingColumn(),
             console=console,
@@ -33,10 +34,23 @@ class RunProgress:
         self.progress.stop()
 
     def update(self, runtime: LocalRuntime) -> None:
-        for step, done, total in runtime.progress():
+        for step, done, total, unit in runtime.progress():
             if step not in self.tasks:
-                self.tasks[step] = self.progress.add_task(step, total=total, records=0)
-            self.progress.update(self.tasks[step], completed=done, total=total, records=f"{runtime.records_read():,}")
+                self.tasks[step] = self.progress.add_task(step, total=total, records=0, amount="")
+            self.progress.update(
+                self.tasks[step],
+                completed=done,
+                total=total,
+                records=f"{runtime.records_read():,}",
+                amount=_amount(done, total, unit),
+            )
+
+
+def _amount(done: int, total: int | None, unit: str) -> str:
+    """``1.2/3.4 MB`` for bytes, ``1,200/3,400`` for records (or just ``done`` without a total)."""
+    if unit == "bytes":
+        return f"{decimal(done)}/{decimal(total)}" if total else decimal(done)
+    return f"{done:,}/{total:,}" if total else f"{done:,}"
 
 
 def render_summary(console: Console, result: RunResult, extra: dict[str, Any] | None = None) -> None:

@@ -369,3 +369,16 @@ def test_same_rows_as_polars_read_csv(tmp_path: Path, rows: list[dict[str, Any]]
         if expected.get_column(name).null_count() == len(rows):
             expected = expected.with_columns(pl.lit(None).alias(name))
     assert run.out.equals(expected), (run.out, expected)
+
+
+def test_replay_progress_counts_released_records_not_bytes_read(tmp_path: Path) -> None:
+    path = tmp_path / "series.csv"
+    path.write_text("ts,v\n" + "".join(f"{1_000 * i},{i}\n" for i in range(50)))
+    source = tdf.io.CsvSource(str(path), time="ts", replay=1_000_000.0, batch_size=7)
+    seen: list[tuple[int, int | None]] = []
+    flow = tdf.Flow("replay-progress")
+    flow.source("src", source).sink("out", tdf.io.NullSink())
+    flow.run(handle_signals=False, on_tick=lambda runtime: seen.append(runtime.progress()[0][1:3]))
+    assert source.progress_unit == "records"
+    assert source.progress() == (50, 50)
+    assert all(done <= total for done, total in seen)

@@ -44,6 +44,9 @@ class Source(ABC):
 
     bounded: bool = True
 
+    progress_unit: str = "records"
+    """What ``progress()`` counts: ``"bytes"`` (files being read) or ``"records"``."""
+
     def origin(self, step: str) -> Origin:
         """How positions of this source's rows are described (override for file sources)."""
         return Origin(step)
@@ -53,7 +56,7 @@ class Source(ABC):
         """Yield batches until the input ends or ``ctx.stop`` is set."""
 
     def progress(self) -> tuple[int, int | None]:
-        """``(done, total)`` in the source's own unit (bytes for files, records otherwise)."""
+        """``(done, total)`` in ``progress_unit`` (bytes for files, records otherwise)."""
         return (0, None)
 
     def close(self) -> None:

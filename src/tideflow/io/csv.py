@@ -204,6 +204,8 @@ class CsvSource(LineFileSource):
     record arrives as two malformed lines (two dead letters) rather than being joined.
     """
 
+    header_lines = 1
+
     parse_text = True
 
     def __init__(

@@ -411,11 +411,18 @@ class FileSource(Source):
         self.file_column = file_column
         self._done = 0
         self._total = sum(os.path.getsize(p) for p in self.paths)
+        self._replayed: tuple[int, int] | None = None
 
     def origin(self, step: str) -> Origin:
         return Origin(step, files=list(self.paths), unit=self.unit)
 
+    progress_unit = "bytes"
+    header_lines = 0
+    """Lines per file that are not records (the CSV header), for counting a replay's total."""
+
     def progress(self) -> tuple[int, int | None]:
+        if self._replayed is not None:
+            return self._replayed
         return (self._done, self._total)
 
     def batches(self, ctx: SourceContext) -> Iterator[pl.DataFrame]:
@@ -433,9 +440,16 @@ class FileSource(Source):
         if self.replay is None or self.time is None:
             yield from frames
             return
+        # A replay reads far ahead of what it releases, so bytes read say nothing about progress:
+        # count records released against the files' line count instead (a newline count, fast).
+        total = max(0, sum(_count_lines(p) for p in self.paths) - self.header_lines * len(self.paths))
+        self.progress_unit = "records"
+        self._replayed = (0, total)
         pacer = ReplayPacer(self.replay, self.time, ctx.stop)
         for frame in frames:
-            yield from pacer.pace(frame)
+            for part in pacer.pace(frame):
+                self._replayed = (self._replayed[0] + part.height, total)
+                yield part
 
     @abstractmethod
     def _frames(self, ctx: SourceContext, pipeline: RowPipeline) -> Iterator[pl.DataFrame]:
@@ -489,3 +503,15 @@ def _read_chunk(handle: Any, path: str, feed: LineFeed, ctx: SourceContext) -> b
     except OSError as error:
         ctx.reject(f"cannot read file: {error}", path, pack_position(feed.file_index, 0))
         return b""
+
+
+def _count_lines(path: str) -> int:
+    """Lines of a file (a trailing line without newline counts); empty lines are counted too, so
+    a replay's progress total is an upper bound when a file has blank lines."""
+    count = 0
+    last = b"\n"
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")

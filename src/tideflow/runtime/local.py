@@ -423,13 +423,13 @@ class LocalRuntime:
         return lambda: signal.signal(signal.SIGINT, previous)
 
     # -- reporting ----------------------------------------------------------------------------
-    def progress(self) -> list[tuple[str, int, int | None]]:
-        """``(source step, done, total)`` for each source, for progress displays."""
+    def progress(self) -> list[tuple[str, int, int | None, str]]:
+        """``(source step, done, total, unit)`` for each source, for progress displays."""
         out = []
         for worker in self.workers:
             if isinstance(worker, _SourceWorker):
                 done, total = worker.source.progress()
-                out.append((worker.node.name, done, total))
+                out.append((worker.node.name, done, total, worker.source.progress_unit))
         return out
 
     def records_read(self) -> int:

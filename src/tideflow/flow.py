@@ -15,7 +15,7 @@ import polars as pl
 
 from .errors import FlowDefinitionError
 from .io.base import Sink, Source
-from .ops.base import ON_ERROR_CHOICES, OnError
+from .ops.base import ON_ERROR_CHOICES, OnError, Operator
 
 if TYPE_CHECKING:
     from .runtime.local import RunResult
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 DEAD_LETTERS_STEP = "(dead letters)"
 """Name of the built-in dead-letter stream; brackets keep it clear of names users choose."""
 
-NodeKind = Literal["source", "dead_letters", "expr", "record", "map_batches", "branch", "branch_side", "union", "sink"]
+NodeKind = Literal[
+    "source", "dead_letters", "expr", "record", "map_batches", "branch", "branch_side", "union", "sink", "op", "side"
+]
 
 
 @dataclass(eq=False)
@@ -83,7 +85,7 @@ class Flow:
         if watermark is not None and source.time is None:
             raise FlowDefinitionError(f"source {step!r}: a watermark needs an event-time column; pass time=...")
         node = self._add(step, "source", [], None, source=source, watermark=watermark)
-        return Stream(self, node, time=source.time)
+        return Stream(self, node, time=source.time, watermarked=watermark is not None)
 
     def dead_letters(self) -> Stream:
         """The stream of dead letters of every step (columns: step, error, payload, source, ...)."""
@@ -129,11 +131,23 @@ def _check_on_error(on_error: str) -> None:
 class Stream:
     """The output of one step. Operators return new streams; the graph lives in the flow."""
 
-    def __init__(self, flow: Flow, node: Node, *, time: str | None = None, key: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        flow: Flow,
+        node: Node,
+        *,
+        time: str | None = None,
+        key: list[str] | None = None,
+        watermarked: bool = False,
+    ) -> None:
         self.flow = flow
         self.node = node
         self.time = time
+        """The event-time column, if the stream has one."""
         self.key = key
+        """Key columns set by ``key_by`` for the keyed operators that follow."""
+        self.watermarked = watermarked
+        """Whether rows carry a watermark (their source was given ``watermark=``)."""
 
     @property
     def name(self) -> str:
@@ -141,7 +155,51 @@ class Stream:
 
     def _then(self, step: str, node_kind: NodeKind, on_error: OnError | None, **params: Any) -> Stream:
         node = self.flow._add(step, node_kind, [self.node], on_error, **params)
-        return Stream(self.flow, node, time=self.time, key=self.key)
+        return Stream(self.flow, node, time=self.time, key=self.key, watermarked=self.watermarked)
+
+    def _operator(
+        self,
+        step: str,
+        factory: Callable[[], Operator],
+        *,
+        on_error: OnError | None = None,
+        others: Sequence[Stream] = (),
+        requires_watermark: bool = False,
+        time: str | object | None = ...,
+        key: list[str] | object | None = ...,
+    ) -> Stream:
+        """Add a step run by the operator ``factory()`` builds (once per run), fed by this stream
+        and ``others`` (input 0, 1, ...). For the modules that define operators (windows, state,
+        joins): the planner needs no change to run a new operator."""
+        inputs = [self, *others]
+        for other in others:
+            if other.flow is not self.flow:
+                raise FlowDefinitionError(f"step {step!r}: stream {other.name!r} belongs to another flow")
+        if requires_watermark:
+            for stream in inputs:
+                if stream.time is None or not stream.watermarked:
+                    raise FlowDefinitionError(
+                        f"step {step!r} works in event time, but its input {stream.name!r} has "
+                        + ("no event-time column" if stream.time is None else "no watermark")
+                        + "; give its source time=... and watermark=tdf.BoundedOutOfOrder('5s')"
+                    )
+        node = self.flow._add(step, "op", [s.node for s in inputs], on_error, factory=factory)
+        return Stream(
+            self.flow,
+            node,
+            time=self.time if time is ... else time,  # type: ignore[arg-type]
+            key=self.key if key is ... else key,  # type: ignore[arg-type]
+            watermarked=all(s.watermarked for s in inputs),
+        )
+
+    def _side(self, port: str, *, time: str | None = None) -> Stream:
+        """The stream of this step's side output ``port`` (one per step and port)."""
+        name = f"{self.name}.{port}"
+        existing = self.flow.nodes.get(name)
+        if existing is not None and existing.kind == "side":
+            return Stream(self.flow, existing, time=time or self.time, watermarked=self.watermarked)
+        node = self.flow._add(name, "side", [self.node], "fail", step=self.name, port=port)
+        return Stream(self.flow, node, time=time or self.time, watermarked=self.watermarked)
 
     # -- per-record operators -----------------------------------------------------------------
     def map(
@@ -203,7 +261,7 @@ class Stream:
         columns = [key] if isinstance(key, str) else list(key)
         if not columns or not all(isinstance(c, str) for c in columns):
             raise FlowDefinitionError(f"key_by takes a column name or a list of column names, got {key!r}")
-        return Stream(self.flow, self.node, time=self.time, key=columns)
+        return Stream(self.flow, self.node, time=self.time, key=columns, watermarked=self.watermarked)
 
     def union(self, step: str, *others: Stream) -> Stream:
         """Merge this stream with others (same columns expected) into one stream."""
@@ -213,7 +271,7 @@ class Stream:
             if other.flow is not self.flow:
                 raise FlowDefinitionError(f"union {step!r}: stream {other.name!r} belongs to another flow")
         node = self.flow._add(step, "union", [self.node, *(o.node for o in others)], None)
-        return Stream(self.flow, node, time=self.time)
+        return Stream(self.flow, node, time=self.time, watermarked=all(s.watermarked for s in (self, *others)))
 
     def branch(
         self, step: str, predicate: pl.Expr | Callable[[dict[str, Any]], bool], *, on_error: OnError | None = None

@@ -20,6 +20,13 @@ HIDDEN_PREFIX = "_tf_"
 POSITION = "_tf_pos"
 """Hidden Int64 column: the row's position in its source, encoded by :class:`Origin`."""
 
+WATERMARK = "_tf_wm"
+"""Hidden Int64 column: the watermark of the row's input in effect *before* the row arrived.
+
+Carrying it per row makes event-time results independent of how the input is cut into batches:
+whether a record is late, and which windows had fired when it came, depend only on the records
+before it, exactly as if the watermark advanced after every record."""
+
 FILE_SHIFT = 40
 """A position packs ``file_index << 40 | line_or_row`` so one integer column locates any row."""
 _ROW_MASK = (1 << FILE_SHIFT) - 1
@@ -70,12 +77,19 @@ class Batch:
 
     df: pl.DataFrame
     origin: Origin | None = None
+    watermark: int | None = None
+    """The input's watermark after this batch's last row (None: the input has no watermark)."""
+    input: int = 0
+    """Which input of a multi-input step (union member, join side) the batch came from."""
+    idle_ms: int | None = None
+    """The source's idleness timeout: past it without data, the input stops holding back the
+    watermark of steps that merge several inputs."""
 
     def __len__(self) -> int:
         return self.df.height
 
     def with_df(self, df: pl.DataFrame) -> Batch:
-        return Batch(df, self.origin)
+        return Batch(df, self.origin, self.watermark, self.input, self.idle_ms)
 
 
 def user_columns(df: pl.DataFrame) -> list[str]:

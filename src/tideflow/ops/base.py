@@ -73,11 +73,25 @@ class StepContext:
 class Operator(ABC):
     """A step's logic. ``process`` maps one batch to zero or one batch; ``finish`` flushes."""
 
+    requires_watermark = False
+    """Event-time operators set this: the flow refuses to build them on an input without one."""
+
     def __init__(self, step: str, on_error: OnError) -> None:
         self.step = step
         self.on_error = on_error
         self.records_in = 0
         self.records_out = 0
+        self.side_outputs: dict[str, list[Batch]] = {}
+        """Batches for named side outputs (``"late"``), drained by the runtime after each call."""
+
+    def emit_side(self, port: str, batch: Batch) -> None:
+        """Send ``batch`` to this step's side output ``port`` (e.g. late records)."""
+        if batch.df.height:
+            self.side_outputs.setdefault(port, []).append(batch)
+
+    def state_size(self) -> int:
+        """Entries held in state (keys, windows, buffered rows); 0 for stateless operators."""
+        return 0
 
     @property
     def steps(self) -> list[str]:

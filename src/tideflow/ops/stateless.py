@@ -17,7 +17,7 @@ import pyarrow as pa
 from .._columns import records_to_frame
 from .._gc import gc_paused
 from ..errors import FlowDefinitionError
-from ..record import HIDDEN_PREFIX, POSITION, Batch, strip_hidden, to_records
+from ..record import HIDDEN_PREFIX, POSITION, WATERMARK, Batch, strip_hidden, to_records
 from .base import RECORD_ERRORS, OnError, Operator, StepContext, isolate_failures
 
 ExprKind = Literal["filter", "with_columns", "select"]
@@ -164,9 +164,7 @@ class RecordChain(Operator):
                 position = positions[out_index[index]] if positions else None
                 ctx.reject(last_step, self._policy[last_step], TypeError(reason), out[index], batch.origin, position)
             out_index = [out_index[i] for i in kept]
-        if positions is not None and frame.height:
-            frame = frame.with_columns(batch.df.get_column(POSITION).gather(out_index))
-        return frame
+        return carry_hidden(batch.df, frame, out_index)
 
 
 _NOT_A_DICT = "map must return a dict, got {}; use flat_map to return several records or filter to drop one"
@@ -254,8 +252,14 @@ class MapBatches(Operator):
             raise TypeError(
                 f"map_batches function must return a polars DataFrame or Arrow table, got {type(result).__name__}"
             )
-        if POSITION in df.columns and result.height == df.height and POSITION not in result.columns:
-            result = result.with_columns(df.get_column(POSITION))
+        if result.height == df.height:
+            return carry_hidden(df, result, None)
+        # Rows were added or removed: which input row an output row came from is unknown, so
+        # positions are dropped and every row gets the watermark before the batch (coarser
+        # lateness, never wrongly late).
+        if WATERMARK in df.columns and result.height:
+            start = df.get_column(WATERMARK).min()
+            result = result.with_columns(pl.lit(start, pl.Int64).alias(WATERMARK))
         return result
 
     def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
@@ -269,6 +273,20 @@ class MapBatches(Operator):
         out = parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
         self.records_out += out.height
         return batch.with_df(out)
+
+
+def carry_hidden(source: pl.DataFrame, frame: pl.DataFrame, rows: list[int] | None) -> pl.DataFrame:
+    """Attach ``source``'s hidden columns (positions, watermarks) to ``frame``.
+
+    ``rows[i]`` is the source row that output row ``i`` came from (``None``: row for row).
+    """
+    hidden = [c for c in source.columns if c.startswith(HIDDEN_PREFIX) and c not in frame.columns]
+    if not hidden or frame.height == 0:
+        return frame
+    carried = source.select(hidden)
+    if rows is not None:
+        carried = carried[rows]
+    return frame.hstack(carried.get_columns())
 
 
 def branch_column(step: str) -> str:

@@ -18,13 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
+
 from ..deadletters import DeadLetters
 from ..errors import StepError, TideflowError
 from ..flow import Flow, Node
 from ..io.base import Sink, Source, SourceContext
 from ..ops.base import Operator, StepContext, isolate_failures
-from ..record import Batch, Origin, strip_hidden
-from ..time.watermarks import NO_WATERMARK, WatermarkStrategy, event_time_ms
+from ..record import WATERMARK, Batch, Origin, strip_hidden
+from ..time.watermarks import END_OF_TIME, NO_WATERMARK, WatermarkStrategy, event_time_ms
 from .plan import Stage, compile_stages
 
 _END = object()
@@ -127,14 +129,17 @@ class _Worker(threading.Thread, ABC):
         self.runtime = runtime
         self.step = name
         self.outputs: list[Channel] = []
+        """Channels fed by the worker's main output."""
+        self.side_routes: dict[tuple[str, str], list[Channel]] = {}
+        """Channels fed by side outputs, by (step, port): ``window.late()`` and the like."""
 
     def emit(self, batch: Batch) -> None:
         for channel in self.outputs:
-            channel.put(batch)
+            channel.put((self, batch))
 
     def end(self) -> None:
-        for channel in self.outputs:
-            channel.put(_END)
+        for channel in [*self.outputs, *(c for cs in self.side_routes.values() for c in cs)]:
+            channel.put((self, _END))
 
     def run(self) -> None:
         try:
@@ -174,12 +179,16 @@ class _SourceWorker(_Worker):
                 if df.height == 0:
                     continue
                 self.stats.records_out += df.height
+                batch = Batch(df, self.origin)
                 if self.watermark is not None and self.source.time is not None:
-                    current_watermark = self.watermark.advance(
+                    before, current_watermark = self.watermark.per_row(
                         current_watermark, event_time_ms(df.get_column(self.source.time))
                     )
+                    batch = Batch(
+                        df.hstack([before]), self.origin, current_watermark, idle_ms=self.watermark.idle_ms
+                    )
                     self.stats.watermark_ms = current_watermark
-                self.emit(Batch(df, self.origin))
+                self.emit(batch)
                 if runtime.stop_event.is_set():
                     break
         finally:
@@ -230,6 +239,9 @@ class _StageWorker(_Worker):
         self.sink_stats = StepStats(sink_node.name, "sink") if sink_node else None
         self.union_stats = StepStats(stage.head.name, "union") if stage.head.kind == "union" else None
         self.ctx = StepContext(runtime.dead_letters)
+        self.inputs = InputWatermarks(self.producers)
+        self.input_of: dict[int, int] = {}
+        """Producer worker id → input index of the stage's head step (set by the runtime)."""
 
     def work(self) -> None:
         if self.sink is not None:
@@ -239,21 +251,39 @@ class _StageWorker(_Worker):
         try:
             ended = 0
             while ended < self.producers:
-                item = self.inbox.get()
+                sender, item = self.inbox.get()
+                index = self.input_of.get(id(sender), 0)
                 if item is _END:
                     ended += 1
+                    self.inputs.end(index)
                     continue
+                item = self.inputs.arrive(index, item)
                 if self.union_stats is not None:
                     self.union_stats.records_in += item.df.height
                     self.union_stats.records_out += item.df.height
                 self._push(item, 0)
             for index, op in enumerate(self.ops):
                 flushed = op.finish(self.ctx)
+                if op.side_outputs:
+                    self._route_side_outputs(op)
                 if flushed is not None:
                     self._push(flushed, index + 1)
         finally:
             self._close_sink()
         self.end()
+
+    def _route_side_outputs(self, op: Operator) -> None:
+        """Deliver side outputs; one nobody consumes goes to the dead letters, never nowhere."""
+        outputs, op.side_outputs = op.side_outputs, {}
+        for port, batches in outputs.items():
+            channels = self.side_routes.get((op.step, port))
+            for batch in batches:
+                if channels:
+                    for channel in channels:
+                        channel.put((self, batch))
+                else:
+                    reason = f"{port} record of step {op.step!r}: route it with {op.step}.{port}()"
+                    self.ctx.reject_rows(op.step, "dlq", UnroutedSideOutput(reason), batch.df, batch.origin)
 
     def _close_sink(self) -> None:
         """Close the sink even after a failure elsewhere: what it completed becomes durable."""
@@ -272,6 +302,8 @@ class _StageWorker(_Worker):
         for op in self.ops[first_op:]:
             assert current is not None
             current = op.process(current, self.ctx)
+            if op.side_outputs:
+                self._route_side_outputs(op)
             if current is None:
                 return
         assert current is not None
@@ -300,6 +332,53 @@ class _StageWorker(_Worker):
         stats.records_out += sum(part.height for part in written)
         for rows, error in failures:
             self.ctx.reject_rows(node.name, node.on_error, error, rows, batch.origin)
+
+
+class UnroutedSideOutput(Exception):
+    """A side output (late records) with no consumer: its rows become dead letters."""
+
+
+class InputWatermarks:
+    """Combines the watermarks of a step's inputs: the minimum, ignoring ended and idle inputs.
+
+    For a step with one input this is the identity. With several (a union, a join), each row's
+    ``_tf_wm`` becomes the minimum of its own input's watermark and the others' current ones;
+    an input that ended counts as +∞, and one silent for longer than its source's ``idle``
+    timeout stops holding the others back.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.watermarks = [NO_WATERMARK] * count
+        self.ended = [False] * count
+        self.idle_ms: list[int | None] = [None] * count
+        started = time.monotonic()
+        self.last_seen = [started] * count
+
+    def end(self, index: int) -> None:
+        self.ended[index] = True
+
+    def _effective(self, index: int, now: float) -> int:
+        if self.ended[index]:
+            return END_OF_TIME
+        idle = self.idle_ms[index]
+        if idle is not None and (now - self.last_seen[index]) * 1000 > idle:
+            return END_OF_TIME
+        return self.watermarks[index]
+
+    def arrive(self, index: int, batch: Batch) -> Batch:
+        batch.input = index
+        if self.count == 1 or batch.watermark is None:
+            return batch
+        now = time.monotonic()
+        self.last_seen[index] = now
+        self.idle_ms[index] = batch.idle_ms
+        self.watermarks[index] = max(self.watermarks[index], batch.watermark)
+        others = min((self._effective(i, now) for i in range(self.count) if i != index), default=END_OF_TIME)
+        if others >= batch.watermark:
+            return batch
+        df = batch.df.with_columns(pl.min_horizontal(pl.col(WATERMARK), pl.lit(others, pl.Int64)).alias(WATERMARK))
+        return Batch(df, batch.origin, others, index, batch.idle_ms)
 
 
 class LocalRuntime:
@@ -340,8 +419,20 @@ class LocalRuntime:
             worker_of[id(stage)] = worker
             self.workers.append(worker)
         for stage in self.stages:
+            producer = worker_of[id(stage)]
             for consumer in stage.consumers:
-                worker_of[id(stage)].outputs.append(inbox_of[id(consumer)])
+                inbox = inbox_of[id(consumer)]
+                head = consumer.head
+                if head.kind == "side":
+                    key = (head.params["step"], head.params["port"])
+                    producer.side_routes.setdefault(key, []).append(inbox)
+                else:
+                    producer.outputs.append(inbox)
+        for stage in self.stages:
+            worker = worker_of[id(stage)]
+            if isinstance(worker, _StageWorker):
+                for index, upstream in enumerate(stage.producers):
+                    worker.input_of.setdefault(id(worker_of[id(upstream)]), index)
         self._dead_letter_branch = self._downstream_of_dead_letters(worker_of)
         for worker in self.workers:
             if isinstance(worker, _StageWorker) and id(worker) in self._dead_letter_branch:

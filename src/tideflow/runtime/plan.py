@@ -22,8 +22,13 @@ from ..ops.stateless import (
     RecordStep,
 )
 
-FUSABLE = {"expr", "record", "map_batches", "branch", "branch_side"}
+FUSABLE = {"expr", "record", "map_batches", "branch", "branch_side", "op"}
 CARRIES_CHAIN = FUSABLE | {"union"}
+
+
+def main_consumers(node: Node) -> list[Node]:
+    """Consumers of a node's main output (side outputs such as ``.late()`` excluded)."""
+    return [c for c in node.consumers if c.kind != "side"]
 
 
 @dataclass(eq=False)
@@ -78,6 +83,8 @@ class Stage:
                     ops.append(BranchMask(node.name, p["predicate"], node.on_error))
                 elif node.kind == "branch_side":
                     ops.append(BranchSelect(node.name, p["branch"], p["side"]))
+                elif node.kind == "op":
+                    ops.append(p["factory"]())
         close_runs()
         return ops
 
@@ -89,7 +96,10 @@ def compile_stages(flow: Flow) -> list[Stage]:
     for node in flow.nodes.values():
         parent = node.inputs[0] if len(node.inputs) == 1 else None
         fuse = (
-            node.kind in FUSABLE and parent is not None and parent.kind in CARRIES_CHAIN and len(parent.consumers) == 1
+            node.kind in FUSABLE
+            and parent is not None
+            and parent.kind in CARRIES_CHAIN
+            and len(main_consumers(parent)) == 1
         )
         if fuse:
             assert parent is not None

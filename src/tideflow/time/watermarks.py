@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from .._duration import Duration, to_millis
+from ..record import WATERMARK as WATERMARK_COLUMN
 
 NO_WATERMARK = -(2**63)
 """The watermark before any record: minus infinity."""
@@ -35,6 +36,17 @@ class WatermarkStrategy:
 
     delay_ms: int = 0
     idle_ms: int | None = None
+
+    def per_row(self, current: int, times_ms: pl.Series) -> tuple[pl.Series, int]:
+        """The watermark before each row, and after the last one, starting from ``current``.
+
+        ``before[i] = max(current, max(t[0..i-1]) - delay)``: vectorized as a shifted running
+        maximum, so it equals advancing the watermark after every single record.
+        """
+        after = (times_ms - self.delay_ms).cum_max().clip(lower_bound=current)
+        before = after.shift(1, fill_value=current)
+        last = int(after[-1]) if after.len() else current
+        return before.alias(WATERMARK_COLUMN), last
 
     def advance(self, current: int, times_ms: pl.Series) -> int:
         """The watermark after a batch with event times ``times_ms``, starting from ``current``."""

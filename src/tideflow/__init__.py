@@ -5,6 +5,7 @@ embedded, and every record ends up either in an output or in the dead letters.
 """
 
 from . import io
+from .time import windows
 from .errors import FlowDefinitionError, StepError, TideflowError
 from .flow import Flow, Stream
 from .runtime.local import RunResult, StepStats
@@ -24,4 +25,5 @@ __all__ = [
     "TideflowError",
     "__version__",
     "io",
+    "windows",
 ]

@@ -18,7 +18,10 @@ from .io.base import Sink, Source
 from .ops.base import ON_ERROR_CHOICES, OnError, Operator
 
 if TYPE_CHECKING:
+    from ._duration import Duration
     from .runtime.local import RunResult
+    from .time.windows import WindowAssigner
+    from .windowing import WindowedStream
     from .time.watermarks import WatermarkStrategy
 
 DEAD_LETTERS_STEP = "(dead letters)"
@@ -255,6 +258,31 @@ class Stream:
         parsed = [pl.col(e) if isinstance(e, str) else e for e in exprs]
         return self._then(step, "expr", on_error, kind="select", exprs=parsed, named=named)
 
+    # -- event time ---------------------------------------------------------------------------
+    def window(
+        self,
+        step: str,
+        assigner: WindowAssigner,
+        *,
+        allowed_lateness: Duration = 0,
+        emit: Literal["final", "updates"] = "final",
+        update_every: int = 1,
+        on_error: OnError | None = None,
+    ) -> WindowedStream:
+        """Cut the stream into windows (per key after ``key_by``, else global); then ``.agg(...)``.
+
+        ``allowed_lateness``: a record up to this late still updates its window, which is
+        re-emitted with ``is_update=True``; later records go to ``.late()``. ``emit="updates"``
+        also emits early results (``is_update=True``) once a window has taken ``update_every``
+        more records, then its final result.
+        """
+        from .windowing import WindowedStream
+
+        return WindowedStream(
+            self, step, assigner, allowed_lateness=allowed_lateness, emit=emit, update_every=update_every,
+            on_error=on_error,
+        )
+
     # -- routing ------------------------------------------------------------------------------
     def key_by(self, key: str | Sequence[str]) -> Stream:
         """Declare the key columns for the keyed operators that follow (windows, state)."""
@@ -294,6 +322,18 @@ class Stream:
 
     def __repr__(self) -> str:
         return f"Stream({self.flow.name!r}:{self.name!r})"
+
+
+class AggregatedStream(Stream):
+    """The results of a window's ``agg``; ``late()`` is the stream of its late records."""
+
+    def __init__(self, result: Stream, *, source: Stream) -> None:
+        super().__init__(result.flow, result.node, time=result.time, key=result.key, watermarked=result.watermarked)
+        self._source = source
+
+    def late(self) -> Stream:
+        """Records that arrived after every window they belong to was past its lateness."""
+        return self._side("late", time=self._source.time)
 
 
 def _check_callable(step: str, fn: object) -> None:

@@ -1,0 +1,268 @@
+"""Event-time windows over panes: tumbling and sliding, with lateness, updates and late output.
+
+How a batch is processed (see docs/semantics.md for the rules):
+
+* Every row carries the watermark in effect before it (``_tf_wm``). A row belongs to one *pane*
+  (``every`` long; for tumbling windows pane = window) and to the windows that contain the pane.
+* A row is **dropped to the late output** when every window containing it is past its allowed
+  lateness (``wm_before >= pane_start + size + lateness``). It **triggers updates** when some
+  window containing it has already fired (``wm_before >= pane_start + every``). Otherwise it is
+  on time.
+* The batch is cut into segments at the rows after which the watermark crosses a window end and
+  at update-triggering rows. Segments are absorbed as one vectorized group-by each; windows fire
+  exactly after the row that moves the watermark past their end, and each update is computed
+  exactly after its row. So results are the same however the input is cut into batches.
+* State is one list of partial frames per pane (compacted as it grows), fired when the watermark
+  reaches a window's end (a heap of ends: no scan over keys or panes), and freed when the last
+  window containing a pane is past its lateness (a second heap).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from ..record import WATERMARK, Batch
+from ..time.watermarks import END_OF_TIME, event_time_ms
+from ..time.windows import Sliding, Tumbling
+from .aggregation import ORDINAL, AggPlan
+from .base import OnError, Operator, StepContext
+
+PANE = "__pane"
+GLOBAL_KEY = "__global"
+COMPACT_AFTER = 16
+"""Partial frames a pane may collect before they are merged into one."""
+
+
+@dataclass
+class _Pane:
+    partials: list[pl.DataFrame] = field(default_factory=list)
+    raw: list[pl.DataFrame] = field(default_factory=list)
+    rows: int = 0
+
+    def compact(self, plan: AggPlan, by: list[str]) -> None:
+        if len(self.partials) > 1:
+            self.partials = [plan.merge(pl.concat(self.partials, how="vertical_relaxed"), by)]
+
+
+class PaneWindowOp(Operator):
+    """Tumbling and sliding event-time windows with incremental aggregation."""
+
+    requires_watermark = True
+
+    def __init__(
+        self,
+        step: str,
+        *,
+        assigner: Tumbling | Sliding,
+        key: list[str] | None,
+        time: str,
+        plan: AggPlan,
+        allowed_lateness_ms: int,
+        emit: str,
+        update_every: int,
+        on_error: OnError,
+    ) -> None:
+        super().__init__(step, on_error)
+        self.size = assigner.size_ms
+        self.every = assigner.every_ms
+        self.offset = assigner.offset_ms
+        self.lateness = allowed_lateness_ms
+        self.time = time
+        self.by = list(key) if key else [GLOBAL_KEY]
+        self.global_key = not key
+        self.plan = plan
+        self.emit = emit
+        self.update_every = update_every
+        self.panes: dict[int, _Pane] = {}
+        self.fire_heap: list[int] = []
+        self.pending_ends: set[int] = set()
+        self.fired: set[int] = set()
+        """Starts of windows that fired and are still within their lateness (may get updates)."""
+        self.fired_gc: list[tuple[int, int]] = []
+        self.gc_heap: list[tuple[int, int]] = []
+        self.ordinal = 0
+        self.time_dtype: pl.DataType | None = None
+        self.late_records = 0
+        self.updates_emitted = 0
+        self._since_update: dict[int, int] = {}
+        self._out: list[pl.DataFrame] = []
+
+    # -- the batch ----------------------------------------------------------------------------
+    def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
+        df = batch.df
+        self.records_in += df.height
+        if self.time_dtype is None:
+            self.time_dtype = df.schema[self.time]
+        if self.global_key:
+            df = df.with_columns(pl.lit(0, pl.Int8).alias(GLOBAL_KEY))
+        t = event_time_ms(df.get_column(self.time)).to_numpy()
+        before = df.get_column(WATERMARK).to_numpy()
+        after = np.append(before[1:], batch.watermark if batch.watermark is not None else before[-1])
+        pane = (t - self.offset) // self.every * self.every + self.offset
+        dropped = before >= pane + self.size + self.lateness
+        updating = ~dropped & (before >= pane + self.every)
+        if dropped.any():
+            self.late_records += int(dropped.sum())
+            self.emit_side("late", batch.with_df(batch.df.filter(pl.Series(dropped))))
+        rows = df.with_columns(pl.Series(PANE, pane), pl.Series("__before", before))
+        self._process_segments(rows, pane, before, after, dropped, updating)
+        if self.emit == "updates":
+            self._emit_early(rows.filter(pl.Series(~dropped & ~updating)))
+        self._collect_garbage(int(after[-1]))
+        return self._flush(batch)
+
+    def _process_segments(self, rows, pane, before, after, dropped, updating) -> None:  # type: ignore[no-untyped-def]
+        first_ends = np.unique(pane) + self.every
+        new_ends = (first_ends[:, None] + np.arange(0, self.size, self.every)[None, :]).ravel()
+        known = np.fromiter(self.pending_ends, np.int64, len(self.pending_ends))
+        ends = np.unique(np.concatenate([known, new_ends]))
+        crossing = np.searchsorted(ends, after, "right") > np.searchsorted(ends, before, "right")
+        cuts = np.flatnonzero(crossing | updating)
+        absorb = ~dropped & ~updating
+        start = 0
+        for i in cuts.tolist():
+            self._absorb(rows, start, i, absorb, before)
+            if updating[i]:
+                self._absorb(rows, i, i + 1, ~dropped, before)
+                self._emit_updates(rows.slice(i, 1), int(pane[i]), int(before[i]))
+            else:
+                self._absorb(rows, i, i + 1, absorb, before)
+            if crossing[i]:
+                self._fire(int(after[i]), int(before[i]))
+            start = i + 1
+        self._absorb(rows, start, len(pane), absorb, before)
+
+    def _absorb(self, rows: pl.DataFrame, start: int, stop: int, mask: np.ndarray, before: np.ndarray) -> None:
+        """Add rows ``start:stop`` selected by ``mask`` to their panes (no window fires inside)."""
+        if stop <= start or not mask[start:stop].any():
+            return
+        watermark = int(before[start])
+        part = rows.slice(start, stop - start).filter(pl.Series(mask[start:stop]))
+        part = part.with_columns(pl.int_range(self.ordinal, self.ordinal + part.height, dtype=pl.Int64).alias(ORDINAL))
+        self.ordinal += part.height
+        for (pane_start,), group in part.partition_by(PANE, as_dict=True, maintain_order=True).items():
+            self._add_to_pane(int(pane_start), group, watermark)
+
+    def _add_to_pane(self, pane_start: int, rows: pl.DataFrame, watermark: int) -> None:
+        state = self.panes.get(pane_start)
+        if state is None:
+            state = self.panes[pane_start] = _Pane()
+            heapq.heappush(self.gc_heap, (pane_start + self.size + self.lateness, pane_start))
+            for end in range(pane_start + self.every, pane_start + self.size + 1, self.every):
+                if end <= watermark:
+                    # Its end already passed (a late row opened the pane): it never fires as
+                    # final; the row's update emission reports it.
+                    self._mark_fired(end - self.size)
+                elif end not in self.pending_ends:
+                    self.pending_ends.add(end)
+                    heapq.heappush(self.fire_heap, end)
+        state.partials.append(self.plan.partial_frame(rows, self.by))
+        if self.plan.keeps_rows:
+            state.raw.append(self.plan.raw_frame(rows, self.by))
+        state.rows += rows.height
+        if len(state.partials) > COMPACT_AFTER:
+            state.compact(self.plan, self.by)
+        if self.emit == "updates":
+            for end in range(pane_start + self.every, pane_start + self.size + 1, self.every):
+                self._since_update[end] = self._since_update.get(end, 0) + rows.height
+
+    # -- results ------------------------------------------------------------------------------
+    def _window(self, start: int, only: pl.DataFrame | None = None) -> pl.DataFrame | None:
+        """The aggregate of window ``[start, start + size)``, for all keys or those in ``only``."""
+        panes = [self.panes[p] for p in range(start, start + self.size, self.every) if p in self.panes]
+        partials = [f for p in panes for f in p.partials]
+        if not partials:
+            return None
+        frame = pl.concat(partials, how="vertical_relaxed")
+        raw = pl.concat([f for p in panes for f in p.raw], how="vertical_relaxed") if self.plan.keeps_rows else None
+        if only is not None:
+            frame = frame.join(only, on=self.by, how="semi", nulls_equal=True)
+            raw = raw.join(only, on=self.by, how="semi", nulls_equal=True) if raw is not None else None
+            if frame.height == 0:
+                return None
+        return self.plan.finalize(self.plan.merge(frame, self.by), raw, self.by)
+
+    def _result(self, start: int, values: pl.DataFrame, is_update: bool, watermark: int) -> None:
+        dtype = self.time_dtype
+        assert dtype is not None
+        bounds = pl.Series([start, start + self.size], dtype=pl.Int64)
+        if isinstance(dtype, pl.Datetime):
+            bounds = pl.from_epoch(bounds, time_unit="ms").cast(dtype)
+        elif dtype == pl.Date:
+            bounds = pl.from_epoch(bounds, time_unit="ms").cast(pl.Date)
+        out = values.with_columns(
+            pl.lit(bounds[0]).alias("window_start"),
+            pl.lit(bounds[1]).alias("window_end"),
+            pl.lit(is_update).alias("is_update"),
+            pl.lit(watermark, pl.Int64).alias(WATERMARK),
+        )
+        keys = [] if self.global_key else self.by
+        self._out.append(out.select([*keys, "window_start", "window_end", *self.plan.names, "is_update", WATERMARK]))
+
+    def _fire(self, watermark: int, before: int) -> None:
+        """Emit the final result of every pending window whose end the watermark reached."""
+        while self.fire_heap and self.fire_heap[0] <= watermark:
+            end = heapq.heappop(self.fire_heap)
+            self.pending_ends.discard(end)
+            start = end - self.size
+            self._mark_fired(start)
+            self._since_update.pop(end, None)
+            values = self._window(start)
+            if values is not None:
+                self._result(start, values, False, before)
+
+    def _mark_fired(self, start: int) -> None:
+        if start not in self.fired:
+            self.fired.add(start)
+            heapq.heappush(self.fired_gc, (start + self.size + self.lateness, start))
+
+    def _emit_updates(self, row: pl.DataFrame, pane_start: int, before: int) -> None:
+        """A late row within lateness: re-emit, for its key, each fired window containing it."""
+        key = row.select(self.by)
+        for end in range(pane_start + self.every, pane_start + self.size + 1, self.every):
+            if end <= before < end + self.lateness:
+                values = self._window(end - self.size, key)
+                if values is not None:
+                    self.updates_emitted += values.height
+                    self._result(end - self.size, values, True, before)
+
+    def _emit_early(self, on_time: pl.DataFrame) -> None:
+        """``emit="updates"``: early results of open windows that took ``update_every`` rows."""
+        if on_time.height == 0:
+            return
+        before = int(on_time.get_column("__before").max())
+        for end in sorted(self._since_update):
+            if self._since_update[end] >= self.update_every and end in self.pending_ends:
+                self._since_update[end] = 0
+                values = self._window(end - self.size)
+                if values is not None:
+                    self._result(end - self.size, values, True, before)
+
+    def _collect_garbage(self, watermark: int) -> None:
+        while self.gc_heap and self.gc_heap[0][0] <= watermark:
+            _, pane_start = heapq.heappop(self.gc_heap)
+            self.panes.pop(pane_start, None)
+        while self.fired_gc and self.fired_gc[0][0] <= watermark:
+            _, start = heapq.heappop(self.fired_gc)
+            self.fired.discard(start)
+
+    def _flush(self, batch: Batch) -> Batch | None:
+        if not self._out:
+            return None
+        out = pl.concat(self._out, how="vertical_relaxed")
+        self._out = []
+        self.records_out += out.height
+        return Batch(out, None, batch.watermark, 0, batch.idle_ms)
+
+    def finish(self, ctx: StepContext) -> Batch | None:
+        """End of input: the watermark goes to +∞, every window fires, all state is freed."""
+        self._fire(END_OF_TIME, END_OF_TIME - 1)
+        self._collect_garbage(END_OF_TIME)
+        return self._flush(Batch(pl.DataFrame(), watermark=END_OF_TIME))
+
+    def state_size(self) -> int:
+        return sum(sum(f.height for f in p.partials) + sum(f.height for f in p.raw) for p in self.panes.values())

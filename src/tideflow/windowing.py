@@ -13,7 +13,7 @@ from .ops.base import OnError
 from .time.windows import Count, Session, Sliding, Tumbling, WindowAssigner
 
 if TYPE_CHECKING:
-    from .flow import Stream
+    from .flow import AggregatedStream, Stream
 
 EmitMode = Literal["final", "updates"]
 

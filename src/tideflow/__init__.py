@@ -5,10 +5,10 @@ embedded, and every record ends up either in an output or in the dead letters.
 """
 
 from . import io
-from .time import windows
 from .errors import FlowDefinitionError, StepError, TideflowError
 from .flow import Flow, Stream
 from .runtime.local import RunResult, StepStats
+from .time import windows
 from .time.watermarks import BoundedOutOfOrder, Monotonic
 
 __version__ = "0.1.0"

@@ -20,9 +20,9 @@ from .ops.base import ON_ERROR_CHOICES, OnError, Operator
 if TYPE_CHECKING:
     from ._duration import Duration
     from .runtime.local import RunResult
+    from .time.watermarks import WatermarkStrategy
     from .time.windows import WindowAssigner
     from .windowing import WindowedStream
-    from .time.watermarks import WatermarkStrategy
 
 DEAD_LETTERS_STEP = "(dead letters)"
 """Name of the built-in dead-letter stream; brackets keep it clear of names users choose."""

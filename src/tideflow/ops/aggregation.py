@@ -144,6 +144,9 @@ class AggPlan:
             else:
                 self.partials.append(partial)
         self.raw_columns = sorted({c for e in self.fallbacks.values() for c in e.meta.root_names()})
+        exprs = [expr.alias(name) for name, expr in named.items()]
+        self.all_columns = sorted({c for e in exprs for c in e.meta.root_names()})
+        """Columns any aggregation reads: what windows that keep rows (sessions, counts) store."""
 
     @property
     def keeps_rows(self) -> bool:
@@ -160,6 +163,12 @@ class AggPlan:
     def merge(self, partials: pl.DataFrame, by: list[str]) -> pl.DataFrame:
         exprs = [e for p in self.partials for e in p.merge()] or [pl.col("__n").sum()]
         return partials.group_by(by, maintain_order=True).agg(exprs)
+
+    def evaluate(self, rows: pl.DataFrame, by: list[str]) -> pl.DataFrame:
+        """Every aggregation over kept rows (with ``ORDINAL``), per group: the same partial and
+        final expressions as incremental windows, so all window kinds agree on edge cases."""
+        raw = self.raw_frame(rows, by) if self.fallbacks else None
+        return self.finalize(self.merge(self.partial_frame(rows, by), by), raw, by)
 
     def finalize(self, merged: pl.DataFrame, raw: pl.DataFrame | None, by: list[str]) -> pl.DataFrame:
         """Result columns in the user's order, one row per group of ``merged``."""

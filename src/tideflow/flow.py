@@ -267,6 +267,7 @@ class Stream:
         allowed_lateness: Duration = 0,
         emit: Literal["final", "updates"] = "final",
         update_every: int = 1,
+        time: Literal["event", "processing"] = "event",
         on_error: OnError | None = None,
     ) -> WindowedStream:
         """Cut the stream into windows (per key after ``key_by``, else global); then ``.agg(...)``.
@@ -274,12 +275,20 @@ class Stream:
         ``allowed_lateness``: a record up to this late still updates its window, which is
         re-emitted with ``is_update=True``; later records go to ``.late()``. ``emit="updates"``
         also emits early results (``is_update=True``) once a window has taken ``update_every``
-        more records, then its final result.
+        more records, then its final result. ``time="processing"`` windows by arrival time (wall
+        clock) instead of event time: no watermark needed, nothing is late, windows fire on time
+        even without data.
         """
         from .windowing import WindowedStream
 
         return WindowedStream(
-            self, step, assigner, allowed_lateness=allowed_lateness, emit=emit, update_every=update_every,
+            self,
+            step,
+            assigner,
+            allowed_lateness=allowed_lateness,
+            emit=emit,
+            update_every=update_every,
+            time=time,
             on_error=on_error,
         )
 

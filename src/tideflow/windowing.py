@@ -30,6 +30,7 @@ class WindowedStream:
         allowed_lateness: Duration = 0,
         emit: EmitMode = "final",
         update_every: int = 1,
+        time: Literal["event", "processing"] = "event",
         on_error: OnError | None = None,
     ) -> None:
         if not isinstance(assigner, Tumbling | Sliding | Session | Count):
@@ -47,6 +48,11 @@ class WindowedStream:
         self.emit = emit
         self.update_every = update_every
         self.on_error = on_error
+        if time not in ("event", "processing"):
+            raise FlowDefinitionError(f"window {step!r}: time must be 'event' or 'processing', got {time!r}")
+        if time == "processing" and not isinstance(assigner, Tumbling | Sliding):
+            raise FlowDefinitionError(f"window {step!r}: processing-time windows are tumbling or sliding")
+        self.time_mode = time
         self._result: AggregatedStream | None = None
 
     def agg(self, **named: pl.Expr) -> AggregatedStream:
@@ -64,6 +70,9 @@ class WindowedStream:
         if isinstance(assigner, Count):
             factory = self._count_factory(plan)
             requires_watermark = False
+        elif self.time_mode == "processing":
+            factory = self._processing_factory(plan)
+            requires_watermark = False
         else:
             factory = self._time_factory(plan)
             requires_watermark = True
@@ -72,7 +81,7 @@ class WindowedStream:
             factory,
             on_error=self.on_error,
             requires_watermark=requires_watermark,
-            time="window_end" if stream.time else None,
+            time="window_end" if stream.time or self.time_mode == "processing" else None,
             key=None,
         )
         self._result = AggregatedStream(result, source=stream)
@@ -114,6 +123,25 @@ class WindowedStream:
             emit=emit,
             update_every=every,
             on_error=on_error,
+        )
+
+    def _processing_factory(self, plan: AggPlan):  # type: ignore[no-untyped-def]
+        from .ops.window import PROCESSING_TIME, PaneWindowOp
+
+        assigner = self.assigner
+        assert isinstance(assigner, Tumbling | Sliding)
+        key, step, emit, every, on_error = self.stream.key, self.step, self.emit, self.update_every, self.on_error
+        return lambda: PaneWindowOp(
+            step,
+            assigner=assigner,
+            key=key,
+            time=PROCESSING_TIME,
+            plan=plan,
+            allowed_lateness_ms=0,
+            emit=emit,
+            update_every=every,
+            on_error=on_error or "dlq",
+            processing_time=True,
         )
 
     def _count_factory(self, plan: AggPlan):  # type: ignore[no-untyped-def]

@@ -30,3 +30,20 @@ def test_watermark_example_from_the_semantics_doc() -> None:
     before, after = strategy.per_row(-(2**63), pl.Series([5_000, 3_000, 9_000, 1_000, 12_000]))
     assert before.to_list()[1:] == [3_000, 3_000, 7_000, 7_000]
     assert after == 10_000
+
+
+def test_window_bounds_keep_the_time_column_type() -> None:
+    from datetime import datetime, timedelta
+
+    base = datetime(2026, 1, 1)
+    flow = tdf.Flow("types")
+    data = pl.DataFrame({"t": [base + timedelta(seconds=s) for s in (1, 4, 12)]}).with_columns(
+        pl.col("t").cast(pl.Datetime("ms"))
+    )
+    stream = flow.source("src", tdf.io.MemorySource(data, time="t"), watermark=tdf.Monotonic())
+    out = tdf.io.MemorySink()
+    stream.window("w", tdf.windows.tumbling("10s")).agg(n=pl.len()).sink("out", out)
+    flow.run(handle_signals=False)
+    assert out.frame.schema["window_start"] == pl.Datetime("ms")
+    assert out.frame["window_start"].to_list() == [base, base + timedelta(seconds=10)]
+    assert out.frame["n"].to_list() == [2, 1]

@@ -89,6 +89,14 @@ class Operator(ABC):
         if batch.df.height:
             self.side_outputs.setdefault(port, []).append(batch)
 
+    tick_ms: int | None = None
+    """Operators with processing-time timers set this: the runtime calls ``on_tick`` this often
+    while no batch arrives."""
+
+    def on_tick(self, ctx: StepContext) -> Batch | None:
+        """Processing time passed without data: fire what is due."""
+        return None
+
     def state_size(self) -> int:
         """Entries held in state (keys, windows, buffered rows); 0 for stateless operators."""
         return 0

@@ -165,8 +165,8 @@ class SessionWindowOp(Operator):
         if isinstance(dtype, pl.Datetime):
             bounds = pl.from_epoch(bounds, time_unit="ms").cast(dtype)
         out = values.with_columns(
-            pl.lit(bounds[0]).alias("window_start"),
-            pl.lit(bounds[1]).alias("window_end"),
+            pl.lit(bounds[0]).cast(bounds.dtype).alias("window_start"),
+            pl.lit(bounds[1]).cast(bounds.dtype).alias("window_end"),
             pl.lit(is_update).alias("is_update"),
             pl.lit(watermark, pl.Int64).alias(WATERMARK),
         )

@@ -20,6 +20,7 @@ How a batch is processed (see docs/semantics.md for the rules):
 from __future__ import annotations
 
 import heapq
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,9 +33,14 @@ from .aggregation import ORDINAL, AggPlan
 from .base import OnError, Operator, StepContext
 
 PANE = "__pane"
+PROCESSING_TIME = "__ptime"
 GLOBAL_KEY = "__global"
 COMPACT_AFTER = 16
 """Partial frames a pane may collect before they are merged into one."""
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -65,8 +71,17 @@ class PaneWindowOp(Operator):
         emit: str,
         update_every: int,
         on_error: OnError,
+        processing_time: bool = False,
     ) -> None:
         super().__init__(step, on_error)
+        self.processing_time = processing_time
+        if processing_time:
+            # Windows over arrival time: rows take the wall clock when they reach the step, and
+            # the watermark is the wall clock, so nothing is late and windows fire on time even
+            # when no data arrives (the runtime ticks the step).
+            self.requires_watermark = False
+            self.tick_ms = max(10, min(assigner.every_ms // 4, 250))
+            time = PROCESSING_TIME
         self.size = assigner.size_ms
         self.every = assigner.every_ms
         self.offset = assigner.offset_ms
@@ -93,6 +108,8 @@ class PaneWindowOp(Operator):
 
     # -- the batch ----------------------------------------------------------------------------
     def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
+        if self.processing_time:
+            batch = self._stamp(batch)
         df = batch.df
         self.records_in += df.height
         if self.time_dtype is None:
@@ -114,6 +131,22 @@ class PaneWindowOp(Operator):
             self._emit_early(rows.filter(pl.Series(~dropped & ~updating)))
         self._collect_garbage(int(after[-1]))
         return self._flush(batch)
+
+    def _stamp(self, batch: Batch) -> Batch:
+        now = _wall_ms()
+        self._clock = max(getattr(self, "_clock", now), now)
+        df = batch.df.with_columns(
+            pl.lit(self._clock, pl.Int64).cast(pl.Datetime("ms", "UTC")).alias(PROCESSING_TIME),
+            pl.lit(self._clock, pl.Int64).alias(WATERMARK),
+        )
+        return Batch(df, batch.origin, self._clock, batch.input, batch.idle_ms)
+
+    def on_tick(self, ctx: StepContext) -> Batch | None:
+        """Processing time moved on: fire the windows whose end the wall clock passed."""
+        now = _wall_ms()
+        self._fire(now, now)
+        self._collect_garbage(now)
+        return self._flush(Batch(pl.DataFrame(), watermark=now))
 
     def _process_segments(self, rows, pane, before, after, dropped, updating) -> None:  # type: ignore[no-untyped-def]
         first_ends = np.unique(pane) + self.every
@@ -195,8 +228,8 @@ class PaneWindowOp(Operator):
         elif dtype == pl.Date:
             bounds = pl.from_epoch(bounds, time_unit="ms").cast(pl.Date)
         out = values.with_columns(
-            pl.lit(bounds[0]).alias("window_start"),
-            pl.lit(bounds[1]).alias("window_end"),
+            pl.lit(bounds[0]).cast(bounds.dtype).alias("window_start"),
+            pl.lit(bounds[1]).cast(bounds.dtype).alias("window_end"),
             pl.lit(is_update).alias("is_update"),
             pl.lit(watermark, pl.Int64).alias(WATERMARK),
         )

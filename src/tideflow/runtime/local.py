@@ -55,13 +55,18 @@ class Channel:
                 if self._abort.is_set():
                     raise _Aborted from None
 
-    def get(self) -> Any:
+    def get(self, timeout: float | None = None) -> Any:
+        """The next item; ``None`` when ``timeout`` seconds pass first (None: wait for one)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            wait = _POLL if deadline is None else min(_POLL, max(0.0, deadline - time.monotonic()))
             try:
-                return self._queue.get(timeout=_POLL)
+                return self._queue.get(timeout=wait)
             except queue.Empty:
                 if self._abort.is_set():
                     raise _Aborted from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
 
     def qsize(self) -> int:
         return self._queue.qsize()
@@ -184,9 +189,7 @@ class _SourceWorker(_Worker):
                     before, current_watermark = self.watermark.per_row(
                         current_watermark, event_time_ms(df.get_column(self.source.time))
                     )
-                    batch = Batch(
-                        df.hstack([before]), self.origin, current_watermark, idle_ms=self.watermark.idle_ms
-                    )
+                    batch = Batch(df.hstack([before]), self.origin, current_watermark, idle_ms=self.watermark.idle_ms)
                     self.stats.watermark_ms = current_watermark
                 self.emit(batch)
                 if runtime.stop_event.is_set():
@@ -240,6 +243,9 @@ class _StageWorker(_Worker):
         self.union_stats = StepStats(stage.head.name, "union") if stage.head.kind == "union" else None
         self.ctx = StepContext(runtime.dead_letters)
         self.inputs = InputWatermarks(self.producers)
+        ticks = [op.tick_ms for op in self.ops if op.tick_ms is not None]
+        self.tick_s = min(ticks) / 1000 if ticks else None
+        """Operators with timers in processing time are woken this often when no data comes."""
         self.input_of: dict[int, int] = {}
         """Producer worker id → input index of the stage's head step (set by the runtime)."""
 
@@ -251,7 +257,11 @@ class _StageWorker(_Worker):
         try:
             ended = 0
             while ended < self.producers:
-                sender, item = self.inbox.get()
+                got = self.inbox.get(self.tick_s)
+                if got is None:
+                    self._tick()
+                    continue
+                sender, item = got
                 index = self.input_of.get(id(sender), 0)
                 if item is _END:
                     ended += 1
@@ -271,6 +281,16 @@ class _StageWorker(_Worker):
         finally:
             self._close_sink()
         self.end()
+
+    def _tick(self) -> None:
+        for index, op in enumerate(self.ops):
+            if op.tick_ms is None:
+                continue
+            out = op.on_tick(self.ctx)
+            if op.side_outputs:
+                self._route_side_outputs(op)
+            if out is not None:
+                self._push(out, index + 1)
 
     def _route_side_outputs(self, op: Operator) -> None:
         """Deliver side outputs; one nobody consumes goes to the dead letters, never nowhere."""

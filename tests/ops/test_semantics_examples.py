@@ -47,3 +47,25 @@ def test_window_bounds_keep_the_time_column_type() -> None:
     assert out.frame.schema["window_start"] == pl.Datetime("ms")
     assert out.frame["window_start"].to_list() == [base, base + timedelta(seconds=10)]
     assert out.frame["n"].to_list() == [2, 1]
+
+
+def test_emit_updates_gives_early_results_then_the_same_final() -> None:
+    def run(emit: str) -> list[dict]:
+        flow = tdf.Flow(f"emit-{emit}")
+        data = [{"k": "a", "t": t} for t in range(0, 9_000, 500)] + [{"k": "a", "t": 10_500}]
+        stream = flow.source(
+            "src", tdf.io.MemorySource(data, time="t", batch_size=4), watermark=tdf.BoundedOutOfOrder("0s")
+        )
+        out = tdf.io.MemorySink()
+        stream.key_by("k").window("w", tdf.windows.tumbling("10s"), emit=emit, update_every=4).agg(n=pl.len()).sink(
+            "out", out
+        )
+        flow.run(handle_signals=False)
+        return out.records
+
+    final_only = run("final")
+    with_updates = run("updates")
+    early = [r for r in with_updates if r["is_update"] and r["window_start"] == 0]
+    assert [r["n"] for r in early] == [4, 8, 12, 16]  # one per 4 records, before the window closes
+    finals = [(r["window_start"], r["n"]) for r in with_updates if not r["is_update"]]
+    assert finals == [(r["window_start"], r["n"]) for r in final_only] == [(0, 18), (10_000, 1)]

@@ -242,3 +242,18 @@ def test_stdout_sink_writes_json_lines_and_tables() -> None:
         flow.source("src", tdf.io.MemorySource(data)).sink("print", tdf.io.StdoutSink(format=fmt, stream=buffer))
         flow.run(handle_signals=False)
         assert check(buffer.getvalue()), buffer.getvalue()
+
+
+def test_select_all_columns_keeps_hidden_columns_once() -> None:
+    out, _, dead = run_one(lambda s: s.select("everything", pl.all(), twice=pl.col("id") * 2), records(5))
+    assert dead == []
+    assert out == [{**r, "twice": r["id"] * 2} for r in records(5)]
+
+
+def test_union_of_a_stream_with_itself_delivers_it_twice() -> None:
+    flow = tdf.Flow("self-union")
+    src = flow.source("src", tdf.io.MemorySource([{"x": i} for i in range(5)]))
+    out = tdf.io.MemorySink()
+    src.union("twice", src).sink("out", out)
+    flow.run(handle_signals=False)
+    assert sorted(r["x"] for r in out.records) == sorted([*range(5), *range(5)])

@@ -23,7 +23,6 @@ from .base import RECORD_ERRORS, OnError, Operator, StepContext, isolate_failure
 ExprKind = Literal["filter", "with_columns", "select"]
 RecordKind = Literal["map", "filter", "flat_map"]
 
-_HIDDEN = pl.col(f"^{HIDDEN_PREFIX}.*$")
 
 
 class ExprStep:
@@ -39,8 +38,11 @@ class ExprStep:
             return frame.filter(*self.exprs)
         if self.kind == "with_columns":
             return frame.with_columns(*self.exprs, **self.named)
-        # select keeps the hidden bookkeeping columns so positions survive a projection.
-        return frame.select(*self.exprs, _HIDDEN, **self.named)
+        # select keeps the hidden bookkeeping columns (positions, watermarks) through a
+        # projection, unless the selection already has them (``pl.all()``).
+        hidden = [c for c in frame.collect_schema().names() if c.startswith(HIDDEN_PREFIX)]
+        chosen = set(frame.select(*self.exprs, **self.named).collect_schema().names())
+        return frame.select(*self.exprs, *[pl.col(c) for c in hidden if c not in chosen], **self.named)
 
 
 class ExprChain(Operator):

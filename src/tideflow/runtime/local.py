@@ -133,18 +133,19 @@ class _Worker(threading.Thread, ABC):
         super().__init__(name=f"tideflow:{name}", daemon=True)
         self.runtime = runtime
         self.step = name
-        self.outputs: list[Channel] = []
-        """Channels fed by the worker's main output."""
-        self.side_routes: dict[tuple[str, str], list[Channel]] = {}
+        self.outputs: list[tuple[Channel, int]] = []
+        """Channels fed by the worker's main output, each with the input index it feeds there
+        (one stream feeding both inputs of a join gets two entries)."""
+        self.side_routes: dict[tuple[str, str], list[tuple[Channel, int]]] = {}
         """Channels fed by side outputs, by (step, port): ``window.late()`` and the like."""
 
     def emit(self, batch: Batch) -> None:
-        for channel in self.outputs:
-            channel.put((self, batch))
+        for channel, index in self.outputs:
+            channel.put((index, batch))
 
     def end(self) -> None:
-        for channel in [*self.outputs, *(c for cs in self.side_routes.values() for c in cs)]:
-            channel.put((self, _END))
+        for channel, index in [*self.outputs, *(c for cs in self.side_routes.values() for c in cs)]:
+            channel.put((index, _END))
 
     def run(self) -> None:
         try:
@@ -242,12 +243,10 @@ class _StageWorker(_Worker):
         self.sink_stats = StepStats(sink_node.name, "sink") if sink_node else None
         self.union_stats = StepStats(stage.head.name, "union") if stage.head.kind == "union" else None
         self.ctx = StepContext(runtime.dead_letters)
-        self.inputs = InputWatermarks(self.producers)
+        self.inputs = InputWatermarks(len(stage.head.inputs) if stage.head.inputs else 1)
         ticks = [op.tick_ms for op in self.ops if op.tick_ms is not None]
         self.tick_s = min(ticks) / 1000 if ticks else None
         """Operators with timers in processing time are woken this often when no data comes."""
-        self.input_of: dict[int, int] = {}
-        """Producer worker id → input index of the stage's head step (set by the runtime)."""
 
     def work(self) -> None:
         if self.sink is not None:
@@ -261,8 +260,7 @@ class _StageWorker(_Worker):
                 if got is None:
                     self._tick()
                     continue
-                sender, item = got
-                index = self.input_of.get(id(sender), 0)
+                index, item = got
                 if item is _END:
                     ended += 1
                     self.inputs.end(index)
@@ -299,8 +297,8 @@ class _StageWorker(_Worker):
             channels = self.side_routes.get((op.step, port))
             for batch in batches:
                 if channels:
-                    for channel in channels:
-                        channel.put((self, batch))
+                    for channel, index in channels:
+                        channel.put((index, batch))
                 else:
                     reason = f"{port} record of step {op.step!r}: route it with {op.step}.{port}()"
                     self.ctx.reject_rows(op.step, "dlq", UnroutedSideOutput(reason), batch.df, batch.origin)
@@ -370,6 +368,9 @@ class InputWatermarks:
     def __init__(self, count: int) -> None:
         self.count = count
         self.watermarks = [NO_WATERMARK] * count
+        self.floor = NO_WATERMARK
+        """The combined watermark already handed downstream: it never goes back, even when an
+        idle input resumes behind it (its records are then late, as in Flink)."""
         self.ended = [False] * count
         self.idle_ms: list[int | None] = [None] * count
         started = time.monotonic()
@@ -395,10 +396,16 @@ class InputWatermarks:
         self.idle_ms[index] = batch.idle_ms
         self.watermarks[index] = max(self.watermarks[index], batch.watermark)
         others = min((self._effective(i, now) for i in range(self.count) if i != index), default=END_OF_TIME)
-        if others >= batch.watermark:
+        floor = self.floor
+        combined = max(floor, min(batch.watermark, others))
+        self.floor = combined
+        if others >= batch.watermark and floor == NO_WATERMARK:
             return batch
-        df = batch.df.with_columns(pl.min_horizontal(pl.col(WATERMARK), pl.lit(others, pl.Int64)).alias(WATERMARK))
-        return Batch(df, batch.origin, others, index, batch.idle_ms)
+        row_watermark = pl.max_horizontal(
+            pl.min_horizontal(pl.col(WATERMARK), pl.lit(others, pl.Int64)), pl.lit(floor, pl.Int64)
+        )
+        df = batch.df.with_columns(row_watermark.alias(WATERMARK))
+        return Batch(df, batch.origin, combined, index, batch.idle_ms)
 
 
 class LocalRuntime:
@@ -438,21 +445,17 @@ class LocalRuntime:
                 worker = _StageWorker(self, stage, inbox)
             worker_of[id(stage)] = worker
             self.workers.append(worker)
-        for stage in self.stages:
-            producer = worker_of[id(stage)]
-            for consumer in stage.consumers:
-                inbox = inbox_of[id(consumer)]
-                head = consumer.head
+        for consumer in self.stages:
+            if id(consumer) not in inbox_of:
+                continue
+            inbox, head = inbox_of[id(consumer)], consumer.head
+            for index, upstream in enumerate(consumer.producers):
+                producer = worker_of[id(upstream)]
                 if head.kind == "side":
                     key = (head.params["step"], head.params["port"])
-                    producer.side_routes.setdefault(key, []).append(inbox)
+                    producer.side_routes.setdefault(key, []).append((inbox, 0))
                 else:
-                    producer.outputs.append(inbox)
-        for stage in self.stages:
-            worker = worker_of[id(stage)]
-            if isinstance(worker, _StageWorker):
-                for index, upstream in enumerate(stage.producers):
-                    worker.input_of.setdefault(id(worker_of[id(upstream)]), index)
+                    producer.outputs.append((inbox, index))
         self._dead_letter_branch = self._downstream_of_dead_letters(worker_of)
         for worker in self.workers:
             if isinstance(worker, _StageWorker) and id(worker) in self._dead_letter_branch:

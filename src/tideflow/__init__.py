@@ -4,7 +4,7 @@ Columnar micro-batches inside, simple records outside: build a ``Flow`` of named
 embedded, and every record ends up either in an output or in the dead letters.
 """
 
-from . import io
+from . import agg, io
 from .errors import FlowDefinitionError, StepError, TideflowError
 from .flow import Flow, Stream
 from .runtime.local import RunResult, StepStats
@@ -24,6 +24,7 @@ __all__ = [
     "Stream",
     "TideflowError",
     "__version__",
+    "agg",
     "io",
     "windows",
 ]

@@ -292,6 +292,62 @@ class Stream:
             on_error=on_error,
         )
 
+    # -- joins --------------------------------------------------------------------------------
+    def window_join(
+        self,
+        step: str,
+        other: Stream,
+        *,
+        on: str | Sequence[str],
+        window: Duration,
+        how: Literal["inner", "left"] = "inner",
+        on_error: OnError | None = None,
+    ) -> JoinedStream:
+        """Join with ``other`` on key columns ``on`` within the same tumbling event-time window.
+
+        Results come when the combined watermark passes the window's end (with ``how="left"``,
+        unmatched rows of this stream too, with nulls). Late rows: ``.late()`` (this side) and
+        ``.late_right()`` (``other``).
+        """
+        from .ops.join import window_join
+
+        return JoinedStream(window_join(self, other, step, on=on, window=window, how=how, on_error=on_error))
+
+    def interval_join(
+        self,
+        step: str,
+        other: Stream,
+        *,
+        on: str | Sequence[str],
+        lower: Duration,
+        upper: Duration,
+        how: Literal["inner", "left"] = "inner",
+        on_error: OnError | None = None,
+    ) -> JoinedStream:
+        """Join rows ``b`` of ``other`` to rows ``a`` of this stream with the same key when
+        ``a.t - lower <= b.t <= a.t + upper``; pairs are emitted as soon as both have arrived."""
+        from .ops.join import interval_join
+
+        return JoinedStream(
+            interval_join(self, other, step, on=on, lower=lower, upper=upper, how=how, on_error=on_error)
+        )
+
+    def temporal_join(
+        self,
+        step: str,
+        table: Stream,
+        *,
+        on: str | Sequence[str],
+        ttl: Duration | None = None,
+        how: Literal["inner", "left"] = "left",
+        on_error: OnError | None = None,
+    ) -> JoinedStream:
+        """Enrich each record with the latest row of ``table`` (same key) at or before its event
+        time (an as-of join); table rows older than ``ttl`` before the record do not match."""
+        from .ops.join import temporal_join
+
+        return JoinedStream(temporal_join(self, table, step, on=on, ttl=ttl, how=how, on_error=on_error))
+
     # -- routing ------------------------------------------------------------------------------
     def key_by(self, key: str | Sequence[str]) -> Stream:
         """Declare the key columns for the keyed operators that follow (windows, state)."""
@@ -343,6 +399,21 @@ class AggregatedStream(Stream):
     def late(self) -> Stream:
         """Records that arrived after every window they belong to was past its lateness."""
         return self._side("late", time=self._source.time)
+
+
+class JoinedStream(Stream):
+    """The output of a join; ``late()`` / ``late_right()`` are the rows too late to join."""
+
+    def __init__(self, result: Stream) -> None:
+        super().__init__(result.flow, result.node, time=result.time, key=result.key, watermarked=result.watermarked)
+
+    def late(self) -> Stream:
+        """Rows of the left (this) input that arrived too late to join."""
+        return self._side("late")
+
+    def late_right(self) -> Stream:
+        """Rows of the right (other / table) input that arrived too late to join."""
+        return self._side("late_right")
 
 
 def _check_callable(step: str, fn: object) -> None:

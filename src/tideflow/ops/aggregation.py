@@ -22,6 +22,8 @@ from typing import Any
 
 import polars as pl
 
+from ..agg.base import Aggregator
+
 ORDINAL = "__ord"
 """Arrival ordinal of each row, added by the window operator (orders first/last and fallbacks)."""
 
@@ -102,6 +104,18 @@ class PartialAgg:
         return (var.sqrt() if self.kind == "std" else var).alias(self.name)
 
 
+_GID = "__gid"
+
+
+def _state(name: str) -> str:
+    return f"__state_{name}"
+
+
+def _group_ids(by: list[str]) -> pl.Expr:
+    """Dense 0-based ids of the groups of ``by`` (nulls are a group of their own)."""
+    return (pl.struct(by).rank("dense") - 1).cast(pl.Int64)
+
+
 def _deserialize(tree: Any) -> pl.Expr:
     return pl.Expr.deserialize(io.StringIO(json.dumps(tree)), format="json")
 
@@ -127,25 +141,38 @@ def decompose(name: str, expr: pl.Expr, index: int) -> PartialAgg | None:
 
 
 class AggPlan:
-    """How a window computes ``.agg(**named)``: partial columns plus rows kept for the rest."""
+    """How a window computes ``.agg(**named)``: partial columns plus rows kept for the rest.
 
-    def __init__(self, named: dict[str, pl.Expr]) -> None:
+    Values may also be custom aggregators (``tideflow.agg``: sketches, or your own with
+    init/add/merge/result). Their states travel in object columns of the partial frames and are
+    merged group by group in Python: once per group and batch, never per row.
+    """
+
+    def __init__(self, named: dict[str, pl.Expr | Aggregator]) -> None:
         if not named:
             raise ValueError("agg needs at least one aggregation, e.g. .agg(n=pl.len())")
         self.names = list(named)
         self.partials: list[PartialAgg] = []
         self.fallbacks: dict[str, pl.Expr] = {}
+        self.customs: dict[str, Aggregator] = {}
         for index, (name, expr) in enumerate(named.items()):
+            if isinstance(expr, Aggregator):
+                self.customs[name] = expr
+                continue
             if not isinstance(expr, pl.Expr):
-                raise TypeError(f"aggregation {name!r} must be a polars expression, got {type(expr).__name__}")
+                raise TypeError(
+                    f"aggregation {name!r} must be a polars expression or a tideflow.agg aggregator, "
+                    f"got {type(expr).__name__}"
+                )
             partial = decompose(name, expr, index)
             if partial is None:
                 self.fallbacks[name] = expr.alias(name)
             else:
                 self.partials.append(partial)
         self.raw_columns = sorted({c for e in self.fallbacks.values() for c in e.meta.root_names()})
-        exprs = [expr.alias(name) for name, expr in named.items()]
-        self.all_columns = sorted({c for e in exprs for c in e.meta.root_names()})
+        exprs = [expr.alias(name) for name, expr in named.items() if isinstance(expr, pl.Expr)]
+        custom_columns = {a.column for a in self.customs.values() if a.column is not None}
+        self.all_columns = sorted({c for e in exprs for c in e.meta.root_names()} | custom_columns)
         """Columns any aggregation reads: what windows that keep rows (sessions, counts) store."""
 
     @property
@@ -155,14 +182,38 @@ class AggPlan:
     def partial_frame(self, rows: pl.DataFrame, by: list[str]) -> pl.DataFrame:
         """One partial row per group of ``rows`` (which carry ``ORDINAL``)."""
         exprs = [e for p in self.partials for e in p.partial()] or [pl.len().alias("__n")]
-        return rows.group_by(by, maintain_order=True).agg(exprs)
+        if not self.customs:
+            return rows.group_by(by, maintain_order=True).agg(exprs)
+        rows = rows.with_columns(_group_ids(by).alias(_GID))
+        frame = rows.group_by([*by, _GID], maintain_order=True).agg(exprs)
+        gids = rows.get_column(_GID).to_numpy()
+        order = frame.get_column(_GID).to_list()
+        states = []
+        for name, aggregator in self.customs.items():
+            values = rows.get_column(aggregator.column) if aggregator.column else rows.drop(_GID)
+            built = aggregator.add_groups(gids, values, len(order))
+            states.append(pl.Series(_state(name), [built[g] for g in order], dtype=pl.Object))
+        return frame.drop(_GID).hstack(states)
 
     def raw_frame(self, rows: pl.DataFrame, by: list[str]) -> pl.DataFrame:
         return rows.select([*by, *[c for c in self.raw_columns if c not in by], ORDINAL])
 
     def merge(self, partials: pl.DataFrame, by: list[str]) -> pl.DataFrame:
         exprs = [e for p in self.partials for e in p.merge()] or [pl.col("__n").sum()]
-        return partials.group_by(by, maintain_order=True).agg(exprs)
+        if not self.customs:
+            return partials.group_by(by, maintain_order=True).agg(exprs)
+        partials = partials.with_columns(_group_ids(by).alias(_GID))
+        merged = partials.group_by([*by, _GID], maintain_order=True).agg(exprs)
+        gids = partials.get_column(_GID).to_list()
+        columns = []
+        for name, aggregator in self.customs.items():
+            acc: dict[int, Any] = {}
+            for gid, state in zip(gids, partials.get_column(_state(name)).to_list(), strict=True):
+                # Merge into a fresh state: merge may change its first argument, and partial
+                # states are shared with the panes that hold them.
+                acc[gid] = aggregator.merge(acc[gid] if gid in acc else aggregator.init(), state)
+            columns.append(pl.Series(_state(name), [acc[g] for g in merged.get_column(_GID)], dtype=pl.Object))
+        return merged.drop(_GID).hstack(columns)
 
     def evaluate(self, rows: pl.DataFrame, by: list[str]) -> pl.DataFrame:
         """Every aggregation over kept rows (with ``ORDINAL``), per group: the same partial and
@@ -173,6 +224,9 @@ class AggPlan:
     def finalize(self, merged: pl.DataFrame, raw: pl.DataFrame | None, by: list[str]) -> pl.DataFrame:
         """Result columns in the user's order, one row per group of ``merged``."""
         out = merged.select([*by, *[p.final() for p in self.partials]])
+        for name, aggregator in self.customs.items():
+            results = [aggregator.result(state) for state in merged.get_column(_state(name)).to_list()]
+            out = out.with_columns(pl.Series(name, results, dtype=aggregator.dtype))
         if self.fallbacks:
             assert raw is not None
             evaluated = raw.sort(ORDINAL).group_by(by, maintain_order=True).agg(list(self.fallbacks.values()))

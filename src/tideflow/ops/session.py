@@ -2,15 +2,19 @@
 
 A record at ``t`` opens the window ``[t, t + gap)``; windows of a key that touch or overlap
 (``a.start <= b.end and b.start <= a.end``, Flink's rule) merge into one. A session fires when
-the watermark reaches its end. Records are handled one by one in arrival order (merging makes the
-order matter), which is exact whatever the batching; each session keeps the rows its aggregations
-read, evaluated by polars when it is emitted.
+the watermark reaches its end.
 
 Lateness: a record whose merged session would be past its lateness (``wm_before >= end +
 allowed_lateness``) goes to the late output and changes nothing. A record that merges into, or
 extends, a session that was already emitted re-emits it with ``is_update=True`` — at once if the
 merged session's end is behind the watermark, else when the watermark reaches the new end.
 Sessions are freed when the watermark passes ``end + allowed_lateness``.
+
+How: records are placed one at a time in arrival order (merging makes the order matter) by a
+lean loop that only decides membership, merges, lateness and *when* to emit. Aggregation is
+vectorized: each session is a set of ids whose partial aggregates live in one store frame, and
+all emissions of a batch are computed together — earlier batches' partials joined by id, plus
+this batch's rows up to the record after which each emission happens. Exact whatever the batching.
 """
 
 from __future__ import annotations
@@ -28,16 +32,34 @@ from .aggregation import ORDINAL, AggPlan
 from .base import OnError, Operator, StepContext
 from .window import GLOBAL_KEY
 
+SID = "__sid"
+REQUEST = "__req"
+CUTOFF = "__cut"
+
 
 @dataclass(eq=False)
 class _Session:
     key: Any
     start: int
     end: int
-    frames: list[pl.DataFrame] = field(default_factory=list)
-    batch_rows: list[int] = field(default_factory=list)
+    members: list[int] = field(default_factory=list)
+    """Ids whose rows and partials make up this session (several after merges)."""
     emitted: bool = False
     version: int = 0
+    """-1 once merged into another session: its timers are then stale."""
+    timer_pending: bool = False
+    """A timer at or before ``end`` is in the heap (re-pushed at the new end if it grew)."""
+
+
+@dataclass
+class _Request:
+    members: list[int]
+    cutoff: int
+    session: _Session
+    start: int
+    end: int
+    is_update: bool
+    watermark: int
 
 
 class SessionWindowOp(Operator):
@@ -64,17 +86,25 @@ class SessionWindowOp(Operator):
         self.global_key = not key
         self.plan = plan
         self.sessions: dict[Any, list[_Session]] = {}
-        self.timers: list[tuple[int, int, int, Any]] = []
-        """(end, sequence, version, session) — stale entries are skipped when popped."""
-        self.expiry: list[tuple[int, int, Any]] = []
+        self.timers: list[tuple[int, int, int, _Session]] = []
+        """(end, sequence, version, session): stale entries are skipped when popped."""
+        self.expiry: list[tuple[int, int, _Session]] = []
         """(end + lateness, sequence, session): when an emitted session may be freed."""
+        self.partials: list[pl.DataFrame] = []
+        """Partial aggregates of earlier batches, one row per (id, batch), compacted by merging."""
+        self.raw: list[pl.DataFrame] = []
+        """Rows kept for aggregations that cannot be merged (median, quantiles, ...)."""
+        self.partial_rows = 0
+        self.dead: set[int] = set()
         self._sequence = 0
+        self._next_id = 0
         self.ordinal = 0
         self.time_dtype: pl.DataType | None = None
         self.late_records = 0
+        self._requests: list[_Request] = []
         self._out: list[pl.DataFrame] = []
-        self._rows: pl.DataFrame | None = None
 
+    # -- the batch ----------------------------------------------------------------------------
     def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
         df = batch.df
         self.records_in += df.height
@@ -82,102 +112,201 @@ class SessionWindowOp(Operator):
             self.time_dtype = df.schema[self.time]
         if self.global_key:
             df = df.with_columns(pl.lit(0, pl.Int8).alias(GLOBAL_KEY))
+        first = self.ordinal
+        self.ordinal += df.height
         times = event_time_ms(df.get_column(self.time)).to_list()
         before = df.get_column(WATERMARK).to_list()
         after = [*before[1:], batch.watermark if batch.watermark is not None else before[-1]]
-        keys = list(zip(*(df.get_column(c).to_list() for c in self.by), strict=True))
-        columns = [*self.by, *[c for c in self.plan.all_columns if c not in self.by]]
-        self._rows = df.select(columns).with_columns(
-            pl.int_range(self.ordinal, self.ordinal + df.height, dtype=pl.Int64).alias(ORDINAL)
+        keys = (
+            df.get_column(self.by[0]).to_list()
+            if len(self.by) == 1
+            else list(zip(*(df.get_column(c).to_list() for c in self.by), strict=True))
         )
-        self.ordinal += df.height
-        late = np.zeros(df.height, dtype=bool)
-        touched: dict[int, _Session] = {}
+        ids = np.full(df.height, -1, dtype=np.int64)
+        place, fire = self._place, self._fire
         for i, (key, t, wb) in enumerate(zip(keys, times, before, strict=True)):
-            session = self._place(key, t, wb, i)
-            if session is None:
-                late[i] = True
-            else:
-                touched[id(session)] = session
-            self._fire(after[i], wb)
-        for session in touched.values():
-            self._seal(session)
+            ids[i] = place(key, t, wb, first + i)
+            if self.timers and self.timers[0][0] <= after[i]:
+                fire(after[i], wb, first + i)
+        late = ids < 0
+        rows = self._rows(df, first, ids)
+        self._evaluate(rows)
+        self._store(rows.filter(pl.Series(~late)))
         if late.any():
             self.late_records += int(late.sum())
             self.emit_side("late", batch.with_df(batch.df.filter(pl.Series(late))))
         self._collect_garbage(after[-1])
-        self._rows = None
-        return self._flush(batch)
+        return self._flush(batch.watermark, batch.idle_ms)
 
-    def _place(self, key: Any, t: int, wm_before: int, row: int) -> _Session | None:
-        """Put row ``row`` into its key's sessions (merging), or return None if it is late."""
-        sessions = self.sessions.setdefault(key, [])
-        start, end = t, t + self.gap
-        # Sessions past their lateness are gone even if not yet freed (that happens per batch).
-        touching = [s for s in sessions if s.start <= end and start <= s.end and s.end + self.lateness > wm_before]
-        merged_start = min([start, *(s.start for s in touching)])
-        merged_end = max([end, *(s.end for s in touching)])
+    def _rows(self, df: pl.DataFrame, first: int, ids: np.ndarray) -> pl.DataFrame:
+        columns = [*self.by, *[c for c in self.plan.all_columns if c not in self.by]]
+        return df.select(columns).with_columns(
+            pl.int_range(first, first + df.height, dtype=pl.Int64).alias(ORDINAL), pl.Series(SID, ids)
+        )
+
+    def _place(self, key: Any, t: int, wm_before: int, ordinal: int) -> int:
+        """The id for a record (merging sessions as needed), or -1 if it is late."""
+        sessions = self.sessions.get(key)
+        end = t + self.gap
+        if sessions is not None and len(sessions) == 1:
+            # The common case, kept lean: the key's only session, and the record touches it.
+            only = sessions[0]
+            if only.start <= end and t <= only.end and only.end + self.lateness > wm_before:
+                if t < only.start:
+                    only.start = t
+                if end > only.end:
+                    only.end = end
+                return self._placed(only, wm_before, ordinal)
+        touching = (
+            [s for s in sessions if s.start <= end and t <= s.end and s.end + self.lateness > wm_before]
+            if sessions
+            else []
+        )
+        merged_start = min(t, *(s.start for s in touching)) if touching else t
+        merged_end = max(end, *(s.end for s in touching)) if touching else end
         if wm_before >= merged_end + self.lateness:
-            if not sessions:
-                del self.sessions[key]
-            return None
-        if touching:
+            return -1
+        if not touching:
+            target = _Session(key, t, end, [self._new_id()])
+            self.sessions.setdefault(key, []).append(target)
+        else:
             target = touching[0]
             for other in touching[1:]:
-                target.frames.extend(other.frames)
-                target.batch_rows.extend(other.batch_rows)
+                target.members.extend(other.members)
                 target.emitted = target.emitted or other.emitted
-                sessions.remove(other)
-                other.version = -1  # its timers are stale now
-        else:
-            target = _Session(key, start, end)
-            sessions.append(target)
-        changed = (merged_start, merged_end) != (target.start, target.end) or not touching
-        target.start, target.end = merged_start, merged_end
-        target.batch_rows.append(row)
-        if wm_before >= target.end:
-            # Behind the watermark already: a late record within lateness re-emits at once.
-            self._emit(target, True, wm_before)
-        elif changed or len(touching) > 1:
-            target.version += 1
+                sessions.remove(other)  # type: ignore[union-attr]
+                other.version = -1
+            target.start, target.end = merged_start, merged_end
+        return self._placed(target, wm_before, ordinal)
+
+    def _placed(self, session: _Session, wm_before: int, ordinal: int) -> int:
+        if wm_before >= session.end:
+            # Already behind the watermark: a late record within lateness re-emits at once.
+            self._request(session, True, wm_before, ordinal)
+        elif not session.timer_pending:
             self._sequence += 1
-            heapq.heappush(self.timers, (target.end, self._sequence, target.version, target))
-        return target
+            heapq.heappush(self.timers, (session.end, self._sequence, session.version, session))
+            session.timer_pending = True
+        return session.members[0]
 
-    def _fire(self, watermark: int, before: int) -> None:
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _fire(self, watermark: int, before: int, cutoff: int) -> None:
         while self.timers and self.timers[0][0] <= watermark:
-            end, _, version, session = heapq.heappop(self.timers)
-            if version != session.version or end != session.end:
+            _, _, version, session = heapq.heappop(self.timers)
+            if version != session.version:
+                continue  # merged into another session
+            if session.end > watermark:
+                # It grew since the timer was set: wait for its new end (one timer per session,
+                # not one per record that extends it).
+                self._sequence += 1
+                heapq.heappush(self.timers, (session.end, self._sequence, session.version, session))
                 continue
-            self._emit(session, session.emitted, before)
+            session.timer_pending = False
+            self._request(session, session.emitted, before, cutoff)
 
-    def _emit(self, session: _Session, is_update: bool, watermark: int) -> None:
-        frames = list(session.frames)
-        if session.batch_rows and self._rows is not None:
-            frames.append(self._rows[session.batch_rows])
-        values = self.plan.evaluate(pl.concat(frames, how="vertical_relaxed"), self.by)
+    def _request(self, session: _Session, is_update: bool, watermark: int, cutoff: int) -> None:
+        """Ask for the session's result over its rows up to ``cutoff`` (computed per batch)."""
+        self._requests.append(
+            _Request(list(session.members), cutoff, session, session.start, session.end, is_update, watermark)
+        )
         session.emitted = True
         self._sequence += 1
         heapq.heappush(self.expiry, (session.end + self.lateness, self._sequence, session))
-        dtype = self.time_dtype
-        assert dtype is not None
-        bounds = pl.Series([session.start, session.end], dtype=pl.Int64)
-        if isinstance(dtype, pl.Datetime):
-            bounds = pl.from_epoch(bounds, time_unit="ms").cast(dtype)
-        out = values.with_columns(
-            pl.lit(bounds[0]).cast(bounds.dtype).alias("window_start"),
-            pl.lit(bounds[1]).cast(bounds.dtype).alias("window_end"),
-            pl.lit(is_update).alias("is_update"),
-            pl.lit(watermark, pl.Int64).alias(WATERMARK),
+
+    # -- aggregation, vectorized per batch ----------------------------------------------------
+    def _evaluate(self, rows: pl.DataFrame | None) -> None:
+        """Compute every requested result of this batch at once."""
+        if not self._requests:
+            return
+        requests, self._requests = self._requests, []
+        ids = pl.DataFrame(
+            {
+                REQUEST: np.repeat(np.arange(len(requests)), [len(r.members) for r in requests]),
+                SID: np.concatenate([np.asarray(r.members, dtype=np.int64) for r in requests]),
+            }
         )
-        keys = [] if self.global_key else self.by
+        cutoffs = pl.DataFrame({REQUEST: np.arange(len(requests)), CUTOFF: [r.cutoff for r in requests]})
+        partials, raws = [], []
+        earlier = self._partials()
+        if earlier is not None:
+            partials.append(earlier.join(ids, on=SID).select(REQUEST, pl.exclude(SID, REQUEST)))
+        if rows is not None and rows.height:
+            current = rows.join(ids, on=SID).join(cutoffs, on=REQUEST).filter(pl.col(ORDINAL) <= pl.col(CUTOFF))
+            if current.height:
+                partials.append(self.plan.partial_frame(current, [REQUEST]))
+                if self.plan.keeps_rows:
+                    raws.append(self.plan.raw_frame(current, [REQUEST]))
+        if self.plan.keeps_rows and self.raw:
+            raws.append(
+                pl.concat(self.raw, how="vertical_relaxed").join(ids, on=SID).select(REQUEST, pl.exclude(SID, REQUEST))
+            )
+        if not partials:
+            return
+        merged = self.plan.merge(pl.concat(partials, how="vertical_relaxed"), [REQUEST])
+        raw = pl.concat(raws, how="vertical_relaxed") if raws else None
+        values = self.plan.finalize(merged, raw, [REQUEST])
+        self._emit(values, requests)
+
+    def _emit(self, values: pl.DataFrame, requests: list[_Request]) -> None:
+        meta = {
+            REQUEST: np.arange(len(requests)),
+            "window_start": [r.start for r in requests],
+            "window_end": [r.end for r in requests],
+            "is_update": [r.is_update for r in requests],
+            WATERMARK: [r.watermark for r in requests],
+        }
+        frame = pl.DataFrame(meta, schema_overrides={"window_start": pl.Int64, "window_end": pl.Int64})
+        keys = []
+        if not self.global_key:
+            key_values = [r.session.key for r in requests]
+            if len(self.by) == 1:
+                frame = frame.with_columns(pl.Series(self.by[0], key_values))
+            else:
+                for position, name in enumerate(self.by):
+                    frame = frame.with_columns(pl.Series(name, [k[position] for k in key_values]))
+            keys = self.by
+        dtype = self.time_dtype
+        if isinstance(dtype, pl.Datetime):
+            frame = frame.with_columns(
+                pl.from_epoch(pl.col(c), time_unit="ms").cast(dtype) for c in ("window_start", "window_end")
+            )
+        out = frame.join(values, on=REQUEST).sort(REQUEST)
         self._out.append(out.select([*keys, "window_start", "window_end", *self.plan.names, "is_update", WATERMARK]))
 
-    def _seal(self, session: _Session) -> None:
-        """End of batch: the session's rows from this batch become one kept frame."""
-        if session.batch_rows and self._rows is not None and session.version != -1:
-            session.frames.append(self._rows[session.batch_rows])
-        session.batch_rows = []
+    def _store(self, rows: pl.DataFrame) -> None:
+        """Keep this batch's rows as partials per id (and raw rows where needed)."""
+        if rows.height == 0:
+            return
+        part = self.plan.partial_frame(rows, [SID])
+        self.partials.append(part)
+        self.partial_rows += part.height
+        if self.plan.keeps_rows:
+            self.raw.append(self.plan.raw_frame(rows, [SID]))
+        if len(self.partials) > 16:
+            self._compact()
+
+    def _partials(self) -> pl.DataFrame | None:
+        if not self.partials:
+            return None
+        if len(self.partials) > 1:
+            self.partials = [pl.concat(self.partials, how="vertical_relaxed")]
+        return self.partials[0]
+
+    def _compact(self) -> None:
+        """Drop freed ids and merge each id's partials into one row."""
+        frame = self._partials()
+        assert frame is not None
+        if self.dead:
+            dead = pl.Series(list(self.dead), dtype=pl.Int64)
+            frame = frame.filter(~pl.col(SID).is_in(dead))
+            if self.raw:
+                self.raw = [pl.concat(self.raw, how="vertical_relaxed").filter(~pl.col(SID).is_in(dead))]
+            self.dead.clear()
+        self.partials = [self.plan.merge(frame, [SID])]
+        self.partial_rows = self.partials[0].height
 
     def _collect_garbage(self, watermark: int) -> None:
         """Free sessions past their lateness (an extended session's early entry is skipped)."""
@@ -186,23 +315,26 @@ class SessionWindowOp(Operator):
             sessions = self.sessions.get(session.key)
             if sessions and session.end + self.lateness <= watermark and session in sessions:
                 sessions.remove(session)
+                self.dead.update(session.members)
                 if not sessions:
                     del self.sessions[session.key]
 
-    def _flush(self, batch: Batch) -> Batch | None:
-        if not self._out:
+    def _flush(self, watermark: int | None, idle_ms: int | None) -> Batch | None:
+        out_parts, self._out = self._out, []
+        if not out_parts:
             return None
-        out = pl.concat(self._out, how="vertical_relaxed")
-        self._out = []
+        out = pl.concat(out_parts, how="vertical_relaxed")
         self.records_out += out.height
-        return Batch(out, None, batch.watermark, 0, batch.idle_ms)
+        return Batch(out, None, watermark, 0, idle_ms)
 
     def finish(self, ctx: StepContext) -> Batch | None:
-        self._fire(END_OF_TIME, END_OF_TIME - 1)
+        self._fire(END_OF_TIME, END_OF_TIME - 1, END_OF_TIME)
+        self._evaluate(None)
         self.sessions.clear()
         self.timers.clear()
         self.expiry.clear()
-        return self._flush(Batch(pl.DataFrame(), watermark=END_OF_TIME))
+        self.partials, self.raw, self.dead = [], [], set()
+        return self._flush(END_OF_TIME, None)
 
     def state_size(self) -> int:
-        return sum(sum(f.height for f in s.frames) for ss in self.sessions.values() for s in ss)
+        return self.partial_rows + sum(len(ss) for ss in self.sessions.values())

@@ -292,6 +292,44 @@ class Stream:
             on_error=on_error,
         )
 
+    # -- keyed state --------------------------------------------------------------------------
+    def stateful_map(
+        self,
+        step: str,
+        fn: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any] | None]],
+        *,
+        ttl: Duration | None = None,
+        on_error: OnError | None = None,
+    ) -> Stream:
+        """Per key (after ``key_by``), ``fn(state, record) -> (new_state, output or None)``.
+
+        State starts as ``None``; returning ``None`` as the new state deletes it. With ``ttl``
+        (event time) a key's state expires once the watermark passes its newest update + ttl.
+        """
+        from .ops import keyed
+
+        return keyed.stateful_map(self, step, fn, ttl=ttl, on_error=on_error)
+
+    def dedupe(
+        self,
+        step: str,
+        *,
+        key: str | Sequence[str] | None = None,
+        within: Duration,
+        on_error: OnError | None = None,
+    ) -> Stream:
+        """Drop records whose key was kept less than ``within`` (event time) before; the dropped
+        records are counted and available as ``.duplicates()``. See docs/semantics.md."""
+        from .ops import keyed
+
+        return keyed.dedupe(self, step, key=key, within=within, on_error=on_error)
+
+    def duplicates(self) -> Stream:
+        """The records a ``dedupe`` step dropped (call on the dedupe step's output stream)."""
+        from .ops import keyed
+
+        return keyed.duplicates(self)
+
     # -- joins --------------------------------------------------------------------------------
     def window_join(
         self,

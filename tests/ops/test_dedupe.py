@@ -273,13 +273,14 @@ def test_hidden_columns_stay_on_kept_and_dropped_rows() -> None:
     assert op.records_in == 3 and op.records_out == 2
 
 
-def test_unrouted_duplicates_become_dead_letters_never_silently_lost() -> None:
+def test_unrouted_duplicates_are_counted_in_the_run_result_not_dead_lettered() -> None:
     records = [{"t": 10, "k": 1}, {"t": 11, "k": 1}, {"t": 12, "k": 1}]
     out, _, result, op = run_flow(records, key="k", within=100, delay=0, batch_size=2, route=False)
     assert len(out) == 1
     assert op.duplicates == 2
-    assert result.dead_letters == 2
-    assert "dedupe.duplicates()" in result.dead_letter_samples[0]["error"]
+    assert result.dead_letters == 0  # dropping duplicates is the step's job, not an error
+    stats = [s for s in result.steps if s.dropped]
+    assert [(s.kind, s.dropped) for s in stats] == [("op", {"duplicates": 2})]
 
 
 def test_rows_without_event_time_or_key_column_are_dead_letters() -> None:

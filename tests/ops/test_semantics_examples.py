@@ -69,3 +69,34 @@ def test_emit_updates_gives_early_results_then_the_same_final() -> None:
     assert [r["n"] for r in early] == [4, 8, 12, 16]  # one per 4 records, before the window closes
     finals = [(r["window_start"], r["n"]) for r in with_updates if not r["is_update"]]
     assert finals == [(r["window_start"], r["n"]) for r in final_only] == [(0, 18), (10_000, 1)]
+
+
+def test_stateful_map_and_dedupe_through_the_stream_methods() -> None:
+    flow = tdf.Flow("keyed")
+    data = [
+        {"host": h, "t": t}
+        for h, t in [("a", 1_000), ("a", 1_500), ("b", 2_000), ("a", 9_000), ("a", 30_000), ("a", 36_000)]
+    ]
+    stream = flow.source("src", tdf.io.MemorySource(data, time="t"), watermark=tdf.BoundedOutOfOrder("0s"))
+    unique = stream.dedupe("once-per-5s", key="host", within="5s")
+    dropped = tdf.io.MemorySink()
+    unique.duplicates().sink("dupes", dropped)
+
+    def count(state: int | None, record: dict) -> tuple[int, dict]:
+        seen = (state or 0) + 1
+        return seen, {**record, "seen": seen}
+
+    counted = tdf.io.MemorySink()
+    unique.key_by("host").stateful_map("count", count, ttl="10s").sink("out", counted)
+    flow.run(handle_signals=False)
+    assert [r["t"] for r in dropped.records] == [1_500]
+    # host a is kept at 1 s, 9 s (>= 1 s + 5 s), 30 s and 36 s. Its state, last updated at 9 s,
+    # expires at 19 s: the record at 30 s still finds it (the watermark before it is 9 s), the
+    # record at 36 s does not (the watermark before it is 30 s), so the count starts again.
+    assert [(r["host"], r["t"], r["seen"]) for r in counted.records] == [
+        ("a", 1_000, 1),
+        ("b", 2_000, 1),
+        ("a", 9_000, 2),
+        ("a", 30_000, 3),
+        ("a", 36_000, 1),
+    ]

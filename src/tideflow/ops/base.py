@@ -82,12 +82,17 @@ class Operator(ABC):
         self.records_in = 0
         self.records_out = 0
         self.side_outputs: dict[str, list[Batch]] = {}
+        self.side_counts: dict[str, int] = {}
         """Batches for named side outputs (``"late"``), drained by the runtime after each call."""
 
     def emit_side(self, port: str, batch: Batch) -> None:
         """Send ``batch`` to this step's side output ``port`` (e.g. late records)."""
         if batch.df.height:
             self.side_outputs.setdefault(port, []).append(batch)
+
+    counted_ports: frozenset[str] = frozenset()
+    """Side outputs that are a normal outcome (dedupe's duplicates): unconsumed, they are only
+    counted (``side_counts``), not sent to the dead letters as other unconsumed outputs are."""
 
     tick_ms: int | None = None
     """Operators with processing-time timers set this: the runtime calls ``on_tick`` this often

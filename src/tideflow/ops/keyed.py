@@ -48,10 +48,11 @@ last record kept. For each record ``(k, t, w)``:
    only happens for ``t >= a + within``, so anchors only move forward.)
 
 So for input in event-time order the result is "keep a record iff it comes at least ``within``
-after the last kept record of its key", whatever the watermark delay. Two same-key records are
-both kept only if they are ``within`` or more apart in event time, or if the second arrives after
-the watermark passed the first's ``t + within`` (it is then late by at least the gap; choose
-``within`` of at least the watermark delay to dedupe retransmissions reliably).
+after the last kept record of its key", whatever the watermark delay. A record that is not late
+(``t >= w``) and falls in ``[a, a + within)`` of a kept same-key record is always dropped, since
+that anchor is still live (``w <= t < a + within``). Only a *late* record can escape: one that
+arrives after the watermark reached ``a + within`` is kept (and anchors anew, already dead if
+``t + within <= w``), as no state is held for it any longer.
 
 Duplicates go to the side output ``"duplicates"`` (``duplicates(stream)``) and are counted in
 ``Dedupe.duplicates``; a dedupe whose duplicates are not routed anywhere sends them to the dead
@@ -223,6 +224,14 @@ def _row_watermarks(df: pl.DataFrame, floor: int) -> np.ndarray:
 
 
 # -- stateful_map -------------------------------------------------------------------------------
+def _bad_result(result: object) -> TypeError:
+    return TypeError(f"a stateful_map function must return (new_state, output_or_None), got {type(result).__name__}")
+
+
+def _bad_output(output: object) -> TypeError:
+    return TypeError(f"stateful_map output must be a dict or None, got {type(output).__name__}")
+
+
 class StatefulMap(Operator):
     """``fn(state, record) -> (new_state, output)`` per record, state per key (module doc)."""
 
@@ -266,10 +275,9 @@ class StatefulMap(Operator):
     def _process(self, batch: Batch, ctx: StepContext) -> Batch | None:
         df = batch.df
         self.records_in += df.height
-        ttl = self.ttl_ms
         try:
             keys = python_keys([df.get_column(c) for c in self.key])
-            if ttl is not None:
+            if self.ttl_ms is not None:
                 assert self.time is not None
                 times: list[int | None] = event_time_ms(df.get_column(self.time)).to_list()
                 wms: list[int] = _row_watermarks(df, self.watermark).tolist()
@@ -279,52 +287,100 @@ class StatefulMap(Operator):
             return None
         records = to_records(df)
         positions = df.get_column(POSITION).to_list() if POSITION in df.columns else None
-        states, expiry, fn = self.states, self.expiry, self.fn
-        touched: dict[Hashable, int] = {}
+
+        def reject(i: int, error: BaseException) -> None:
+            ctx.reject(self.step, self.on_error, error, records[i], batch.origin, positions[i] if positions else None)
+
         out: list[dict[str, Any]] = []
         out_index: list[int] = []
+        if self.ttl_ms is None:
+            self._run(keys, records, reject, out, out_index)
+        else:
+            touched = self._run_with_ttl(keys, records, times, wms, reject, out, out_index)
+            # Index the keys whose expiry moved at their new expiry (entries left behind by a
+            # later update are skipped when they come up).
+            self.index.add(list(touched.values()), list(touched))
+        self._advance(batch.watermark)
+        return self._emit(out, out_index, positions, batch, ctx)
+
+    def _run(
+        self,
+        keys: list[Hashable],
+        records: list[dict[str, Any]],
+        reject: Callable[[int, BaseException], None],
+        out: list[dict[str, Any]],
+        out_index: list[int],
+    ) -> None:
+        """The per-record loop without a ttl."""
+        states, fn = self.states, self.fn
         for i, k in enumerate(keys):
             state = states.get(k)
-            if ttl is not None and state is not None:
+            try:
+                result = fn(state, records[i])
+                if type(result) is not tuple or len(result) != 2:
+                    raise _bad_result(result)
+                new_state, output = result
+                if output is not None and type(output) is not dict:
+                    raise _bad_output(output)
+            except RECORD_ERRORS as error:
+                reject(i, error)
+                continue
+            if new_state is not None:
+                states[k] = new_state
+            elif state is not None:
+                del states[k]
+            if output is not None:
+                out.append(output)
+                out_index.append(i)
+
+    def _run_with_ttl(
+        self,
+        keys: list[Hashable],
+        records: list[dict[str, Any]],
+        times: list[int | None],
+        wms: list[int],
+        reject: Callable[[int, BaseException], None],
+        out: list[dict[str, Any]],
+        out_index: list[int],
+    ) -> dict[Hashable, int]:
+        """The per-record loop with a ttl: expire on access, extend the expiry on update.
+        Returns the keys whose expiry moved, with their new expiry."""
+        states, expiry, fn, ttl = self.states, self.expiry, self.fn, self.ttl_ms
+        touched: dict[Hashable, int] = {}
+        for i, k in enumerate(keys):
+            state = states.get(k)
+            end = None
+            if state is not None:
                 end = expiry.get(k)
                 if end is not None and end <= wms[i]:
                     del states[k], expiry[k]
                     self.expired += 1
-                    state = None
-            record = records[i]
+                    state = end = None
+            t = times[i]
             try:
-                if ttl is not None and times[i] is None:
+                if t is None:
                     raise ValueError(f"no event time in column {self.time!r}; a ttl needs one")
-                result = fn(state, record)
+                result = fn(state, records[i])
                 if type(result) is not tuple or len(result) != 2:
-                    raise TypeError(
-                        f"a stateful_map function must return (new_state, output_or_None), got {type(result).__name__}"
-                    )
+                    raise _bad_result(result)
                 new_state, output = result
                 if output is not None and type(output) is not dict:
-                    raise TypeError(f"stateful_map output must be a dict or None, got {type(output).__name__}")
+                    raise _bad_output(output)
             except RECORD_ERRORS as error:
-                ctx.reject(self.step, self.on_error, error, record, batch.origin, positions[i] if positions else None)
+                reject(i, error)
                 continue
-            if new_state is None:
-                if state is not None:
-                    del states[k]
-                    expiry.pop(k, None)
-            else:
+            if new_state is not None:
                 states[k] = new_state
-                if ttl is not None:
-                    end = times[i] + ttl  # type: ignore[operator]
-                    old = expiry.get(k) if state is not None else None
-                    if old is None or end > old:
-                        expiry[k] = end
-                        touched[k] = end
+                t += ttl  # type: ignore[operator]
+                if end is None or t > end:
+                    expiry[k] = touched[k] = t
+            elif state is not None:
+                del states[k]
+                expiry.pop(k, None)
             if output is not None:
                 out.append(output)
                 out_index.append(i)
-        if touched:
-            self.index.add(list(touched.values()), list(touched))
-        self._advance(batch.watermark)
-        return self._emit(out, out_index, positions, batch, ctx)
+        return touched
 
     def _emit(
         self,
@@ -411,6 +467,9 @@ class StatefulMap(Operator):
 # -- dedupe -------------------------------------------------------------------------------------
 class Dedupe(Operator):
     """Event-time dedupe: keeps a key's first record, drops its records within ``within`` (module doc)."""
+
+    counted_ports = frozenset({DUPLICATES})
+    """Duplicates nobody consumes are counted, not dead-lettered: dropping them is the point."""
 
     requires_watermark = True
 

@@ -82,6 +82,10 @@ class StepStats:
     records_out: int | None = 0
     dead_letters: int = 0
     watermark_ms: int | None = None
+    state_size: int | None = None
+    """Entries the step holds in state at the end of the run (keys, windows, buffered rows)."""
+    dropped: dict[str, int] | None = None
+    """Records a step drops by design and counts (dedupe's duplicates, when not routed)."""
     fused_with: str | None = None
     """Set for steps fused into one operator: only the chain's first input and last output are
     counted, so interior counts are ``None`` (unknown) rather than a misleading zero."""
@@ -299,6 +303,8 @@ class _StageWorker(_Worker):
                 if channels:
                     for channel, index in channels:
                         channel.put((index, batch))
+                elif port in op.counted_ports:
+                    op.side_counts[port] = op.side_counts.get(port, 0) + batch.df.height
                 else:
                     reason = f"{port} record of step {op.step!r}: route it with {op.step}.{port}()"
                     self.ctx.reject_rows(op.step, "dlq", UnroutedSideOutput(reason), batch.df, batch.origin)
@@ -572,6 +578,8 @@ class LocalRuntime:
                             records_out=op.records_out if i == len(names) - 1 else None,
                             dead_letters=counts.get(step, 0),
                             fused_with=fused_with,
+                            state_size=op.state_size() if len(names) == 1 and op.state_size() else None,
+                            dropped=dict(op.side_counts) if op.side_counts else None,
                         )
                         for i, step in enumerate(names)
                     ]

@@ -98,6 +98,10 @@ class Operator(ABC):
     """Operators with processing-time timers set this: the runtime calls ``on_tick`` this often
     while no batch arrives."""
 
+    def on_watermark(self, watermark: int, ctx: StepContext) -> Batch | None:
+        """The input's watermark advanced with no rows (upstream dropped them): fire timers."""
+        return None
+
     def on_tick(self, ctx: StepContext) -> Batch | None:
         """Processing time passed without data: fire what is due."""
         return None

@@ -136,7 +136,17 @@ class SessionWindowOp(Operator):
             self.late_records += int(late.sum())
             self.emit_side("late", batch.with_df(batch.df.filter(pl.Series(late))))
         self._collect_garbage(after[-1])
+        self._last_watermark = after[-1]
         return self._flush(batch.watermark, batch.idle_ms)
+
+    def on_watermark(self, watermark: int, ctx: StepContext) -> Batch | None:
+        """The watermark moved without rows reaching this step: fire and free what is due."""
+        before = getattr(self, "_last_watermark", watermark)
+        self._fire(watermark, before, self.ordinal - 1)
+        self._evaluate(None)
+        self._collect_garbage(watermark)
+        self._last_watermark = watermark
+        return self._flush(watermark, None)
 
     def _rows(self, df: pl.DataFrame, first: int, ids: np.ndarray) -> pl.DataFrame:
         columns = [*self.by, *[c for c in self.plan.all_columns if c not in self.by]]

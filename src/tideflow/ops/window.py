@@ -130,6 +130,7 @@ class PaneWindowOp(Operator):
         if self.emit == "updates":
             self._emit_early(rows.filter(pl.Series(~dropped & ~updating)))
         self._collect_garbage(int(after[-1]))
+        self._last_watermark = int(after[-1])
         return self._flush(batch)
 
     def _stamp(self, batch: Batch) -> Batch:
@@ -140,6 +141,16 @@ class PaneWindowOp(Operator):
             pl.lit(self._clock, pl.Int64).alias(WATERMARK),
         )
         return Batch(df, batch.origin, self._clock, batch.input, batch.idle_ms)
+
+    def on_watermark(self, watermark: int, ctx: StepContext) -> Batch | None:
+        """The watermark moved without rows reaching this step: fire and free what is due."""
+        if self.processing_time:
+            return None
+        before = getattr(self, "_last_watermark", watermark)
+        self._fire(watermark, before)
+        self._collect_garbage(watermark)
+        self._last_watermark = watermark
+        return self._flush(Batch(pl.DataFrame(), watermark=watermark))
 
     def on_tick(self, ctx: StepContext) -> Batch | None:
         """Processing time moved on: fire the windows whose end the wall clock passed."""

@@ -248,6 +248,8 @@ class _StageWorker(_Worker):
         self.union_stats = StepStats(stage.head.name, "union") if stage.head.kind == "union" else None
         self.ctx = StepContext(runtime.dead_letters)
         self.inputs = InputWatermarks(len(stage.head.inputs) if stage.head.inputs else 1)
+        self.forwarded = NO_WATERMARK
+        """The highest watermark this stage has sent on."""
         ticks = [op.tick_ms for op in self.ops if op.tick_ms is not None]
         self.tick_s = min(ticks) / 1000 if ticks else None
         """Operators with timers in processing time are woken this often when no data comes."""
@@ -322,19 +324,40 @@ class _StageWorker(_Worker):
             return
 
     def _push(self, batch: Batch, first_op: int) -> None:
-        current: Batch | None = batch
+        """Run ``batch`` through the ops from ``first_op`` and deliver what comes out.
+
+        A batch without rows carries only a watermark: when a step keeps no rows of a batch, the
+        watermark still moves on, so event-time steps after it fire without waiting for data.
+        """
+        current = batch
         for op in self.ops[first_op:]:
-            assert current is not None
-            current = op.process(current, self.ctx)
+            if current.df.height:
+                result = op.process(current, self.ctx)
+            elif current.watermark is not None:
+                result = op.on_watermark(current.watermark, self.ctx)
+            else:
+                return
             if op.side_outputs:
                 self._route_side_outputs(op)
-            if current is None:
-                return
-        assert current is not None
-        if self.sink is None:
+            if result is None or result.df.height == 0:
+                watermark = current.watermark if result is None else result.watermark
+                current = Batch(pl.DataFrame(), None, watermark, current.input, current.idle_ms)
+            else:
+                current = result
+        if current.df.height == 0:
+            self._forward_watermark(current)
+        elif self.sink is None:
             self.emit(current)
+            if current.watermark is not None:
+                self.forwarded = max(self.forwarded, current.watermark)
         else:
             self._write(current)
+
+    def _forward_watermark(self, batch: Batch) -> None:
+        """Pass on a watermark advance without rows (only when it moved, and not to sinks)."""
+        if self.sink is None and batch.watermark is not None and batch.watermark > self.forwarded:
+            self.forwarded = batch.watermark
+            self.emit(batch)
 
     def _write(self, batch: Batch) -> None:
         assert self.sink is not None and self.sink_node is not None and self.sink_stats is not None
@@ -397,6 +420,16 @@ class InputWatermarks:
         batch.input = index
         if self.count == 1 or batch.watermark is None:
             return batch
+        if batch.df.height == 0:
+            # A watermark without rows: update this input and pass the combined watermark on.
+            self.last_seen[index] = time.monotonic()
+            self.watermarks[index] = max(self.watermarks[index], batch.watermark)
+            others = min(
+                (self._effective(i, self.last_seen[index]) for i in range(self.count) if i != index),
+                default=END_OF_TIME,
+            )
+            self.floor = max(self.floor, min(batch.watermark, others))
+            return Batch(batch.df, None, self.floor, index, batch.idle_ms)
         now = time.monotonic()
         self.last_seen[index] = now
         self.idle_ms[index] = batch.idle_ms

@@ -24,7 +24,7 @@ from tideflow.agg import (
     approx_quantile,
     custom,
 )
-from tideflow.agg.base import group_order
+from tideflow.agg.base import NotCheckpointable, group_order
 
 
 class Range(Aggregator[tuple[float, float] | None]):
@@ -187,9 +187,9 @@ def test_protocol_defaults() -> None:
     copied = agg.copy(state)
     agg.merge(copied, state)
     assert agg.result(state) == ["a", "b"] and state["a"] == 2 and copied["a"] == 4
-    with pytest.raises(NotImplementedError, match="to_bytes"):
+    with pytest.raises(NotCheckpointable, match="to_bytes"):
         agg.to_bytes(state)
-    with pytest.raises(NotImplementedError, match="from_bytes"):
+    with pytest.raises(NotCheckpointable, match="from_bytes"):
         agg.from_bytes(b"")
     assert "TopK" in repr(agg)
 

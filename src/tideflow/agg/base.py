@@ -22,7 +22,7 @@ The contract (what the window engine relies on):
 * ``result(state)`` returns the final value (a Python value of type ``dtype``, or None) and
   does not modify the state: a window may report early results and keep aggregating.
 * ``to_bytes(state)`` / ``from_bytes(data)`` encode a state for checkpoints (no pickle: a
-  checkpoint must not execute code when it is read). The default raises NotImplementedError.
+  checkpoint must not execute code when it is read). The default raises NotCheckpointable.
 
 Writing your own, e.g. the range (max - min) of a column::
 
@@ -74,11 +74,18 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import polars as pl
 
+from ..errors import TideflowError
+
 S = TypeVar("S")
 
 Values = pl.Series | pl.DataFrame
 """What ``add`` receives: the column's values, or the group's rows when ``column`` is None."""
 
+
+
+class NotCheckpointable(TideflowError):
+    """A custom aggregator without ``to_bytes``/``from_bytes``: usable in windows, but its state
+    cannot go into a checkpoint (pickle is never used: reading a checkpoint must not run code)."""
 
 class Aggregator(ABC, Generic[S]):
     """A custom aggregation with a mergeable partial state ``S`` (see the module docstring).
@@ -146,13 +153,13 @@ class Aggregator(ABC, Generic[S]):
 
     def to_bytes(self, state: S) -> bytes:
         """Encode ``state`` for a checkpoint. Override together with ``from_bytes``."""
-        raise NotImplementedError(
+        raise NotCheckpointable(
             f"{type(self).__name__} cannot checkpoint its state: implement to_bytes and from_bytes"
         )
 
     def from_bytes(self, data: bytes) -> S:
         """Decode a state written by ``to_bytes``."""
-        raise NotImplementedError(f"{type(self).__name__} cannot restore its state: implement to_bytes and from_bytes")
+        raise NotCheckpointable(f"{type(self).__name__} cannot restore its state: implement to_bytes and from_bytes")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(column={self.column!r})"

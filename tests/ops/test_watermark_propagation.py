@@ -38,3 +38,28 @@ def test_window_fires_when_an_upstream_filter_drops_the_record_that_moved_the_wa
     runner.join(10)
     assert runner.error is None
     assert [(r["window_start"], r["n"]) for r in out.records] == [(0, 1)]
+
+
+def test_window_join_fires_when_an_upstream_filter_drops_the_record_that_moved_the_watermark() -> None:
+    resume = threading.Event()
+
+    def left_rows() -> Any:
+        yield {"k": 1, "t": 1_000, "keep": True}
+        yield {"k": 1, "t": 15_000, "keep": False}
+        resume.wait(30)
+
+    flow = tdf.Flow("wm-through-filter-join")
+    wm = tdf.BoundedOutOfOrder("0s")
+    left = flow.source("left", tdf.io.IterableSource(left_rows(), time="t", batch_size=1), watermark=wm)
+    right = flow.source(
+        "right", tdf.io.MemorySource([{"k": 1, "t": 2_000, "x": "r"}], time="t"), watermark=wm
+    )  # ends at once: its watermark becomes +inf, so the left input decides
+    out = tdf.io.MemorySink()
+    left.filter("keep", pl.col("keep")).window_join("pairs", right, on="k", window="10s").sink("out", out)
+    runner = FlowThread(flow)
+    runner.start()
+    wait_until(lambda: len(out) == 1, what="the window join to fire on the watermark alone")
+    resume.set()
+    runner.join(10)
+    assert runner.error is None
+    assert [(r["t"], r["t_right"], r["x"]) for r in out.records] == [(1_000, 2_000, "r")]

@@ -261,6 +261,11 @@ class WindowJoin(JoinOperator):
         before = self._advance(batch)
         return self._emit([self._fire(self.watermark, before)])
 
+    def on_watermark(self, watermark: int, ctx: StepContext) -> Batch | None:
+        """The watermark moved without rows: fire the windows whose end it reached."""
+        before = self._advance(Batch(pl.DataFrame(), watermark=watermark))
+        return self._emit([self._fire(self.watermark, before)])
+
     def _store(self, side: int, df: pl.DataFrame) -> None:
         if df.height == 0:
             return
@@ -362,6 +367,11 @@ class IntervalJoin(JoinOperator):
         self._advance(batch)
         out.append(self._evict(self.watermark, before))
         return self._emit(out)
+
+    def on_watermark(self, watermark: int, ctx: StepContext) -> Batch | None:
+        """The watermark moved without rows: evict (and, for ``left``, emit unmatched) rows."""
+        before = self._advance(Batch(pl.DataFrame(), watermark=watermark))
+        return self._emit([self._evict(self.watermark, before)])
 
     def _in_interval(self) -> pl.Expr:
         return pl.col(_RT).is_between(pl.col(_T) - self.lower, pl.col(_T) + self.upper)
@@ -489,6 +499,13 @@ class TemporalJoin(JoinOperator):
                 else:
                     self._add_versions(df)
         before = self._advance(batch)
+        released = self._release(self.watermark, before)
+        self._prune(self.watermark)
+        return self._emit([released])
+
+    def on_watermark(self, watermark: int, ctx: StepContext) -> Batch | None:
+        """The watermark moved without rows: join the held rows whose time it passed."""
+        before = self._advance(Batch(pl.DataFrame(), watermark=watermark))
         released = self._release(self.watermark, before)
         self._prune(self.watermark)
         return self._emit([released])

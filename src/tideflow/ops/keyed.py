@@ -224,6 +224,17 @@ def _row_watermarks(df: pl.DataFrame, floor: int) -> np.ndarray:
 
 
 # -- stateful_map -------------------------------------------------------------------------------
+def _apply(fn: StatefulFn, state: Any, record: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """``fn(state, record)``, checked to be ``(new_state, dict or None)``."""
+    result = fn(state, record)
+    if type(result) is not tuple or len(result) != 2:
+        raise _bad_result(result)
+    new_state, output = result
+    if output is not None and type(output) is not dict:
+        raise _bad_output(output)
+    return new_state, output
+
+
 def _bad_result(result: object) -> TypeError:
     return TypeError(f"a stateful_map function must return (new_state, output_or_None), got {type(result).__name__}")
 
@@ -316,12 +327,7 @@ class StatefulMap(Operator):
         for i, k in enumerate(keys):
             state = states.get(k)
             try:
-                result = fn(state, records[i])
-                if type(result) is not tuple or len(result) != 2:
-                    raise _bad_result(result)
-                new_state, output = result
-                if output is not None and type(output) is not dict:
-                    raise _bad_output(output)
+                new_state, output = _apply(fn, state, records[i])
             except RECORD_ERRORS as error:
                 reject(i, error)
                 continue
@@ -360,12 +366,7 @@ class StatefulMap(Operator):
             try:
                 if t is None:
                     raise ValueError(f"no event time in column {self.time!r}; a ttl needs one")
-                result = fn(state, records[i])
-                if type(result) is not tuple or len(result) != 2:
-                    raise _bad_result(result)
-                new_state, output = result
-                if output is not None and type(output) is not dict:
-                    raise _bad_output(output)
+                new_state, output = _apply(fn, state, records[i])
             except RECORD_ERRORS as error:
                 reject(i, error)
                 continue

@@ -35,6 +35,17 @@ stdout = Console()
 stderr = Console(stderr=True)
 
 
+def _add_command_groups() -> None:
+    from .ai.registry_cli import models_app
+    from .bench.cli import bench_app
+
+    app.add_typer(models_app, name="models")
+    app.add_typer(bench_app, name="bench")
+
+
+_add_command_groups()
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"tideflow {__version__}")

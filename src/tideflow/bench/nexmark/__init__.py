@@ -1,0 +1,1 @@
+"""NEXMark: the standard streaming benchmark's generator and queries, as tideflow pipelines."""

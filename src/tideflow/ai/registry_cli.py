@@ -4,4 +4,6 @@ from __future__ import annotations
 
 import typer
 
-models_app = typer.Typer(name="models", help="The model registry: register, list, promote, rollback.", no_args_is_help=True)
+models_app = typer.Typer(
+    name="models", help="The model registry: register, list, promote, rollback.", no_args_is_help=True
+)

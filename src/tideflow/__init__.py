@@ -4,7 +4,8 @@ Columnar micro-batches inside, simple records outside: build a ``Flow`` of named
 embedded, and every record ends up either in an output or in the dead letters.
 """
 
-from . import agg, io
+from . import agg, ai, io
+from .ai.base import Batching
 from .errors import FlowDefinitionError, StepError, TideflowError
 from .flow import Flow, Stream
 from .runtime.local import RunResult, StepStats
@@ -14,6 +15,7 @@ from .time.watermarks import BoundedOutOfOrder, Monotonic
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batching",
     "BoundedOutOfOrder",
     "Flow",
     "FlowDefinitionError",
@@ -25,6 +27,7 @@ __all__ = [
     "TideflowError",
     "__version__",
     "agg",
+    "ai",
     "io",
     "windows",
 ]

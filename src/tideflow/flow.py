@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
+from ._duration import to_seconds
 from .errors import FlowDefinitionError
 from .io.base import Sink, Source
 from .ops.base import ON_ERROR_CHOICES, OnError, Operator
@@ -293,6 +294,51 @@ class Stream:
         )
 
     # -- keyed state --------------------------------------------------------------------------
+    def infer(
+        self,
+        step: str,
+        model: Any,
+        *,
+        inputs: str | Sequence[str],
+        outputs: str | Sequence[str] = "prediction",
+        batching: Any = None,
+        device: str = "auto",
+        workers: int = 1,
+        concurrency: Literal["thread", "process"] | None = None,
+        version_column: str | None = "model_version",
+        swap_check: Duration = "200ms",
+        on_error: OnError | None = None,
+    ) -> Stream:
+        """Run ``model`` on every record, in dynamic micro-batches, and add its predictions.
+
+        ``model``: a ``tdf.ai`` handler (``SklearnModel``, ``OnnxModel``, ``TorchModel``,
+        ``MiniLMOnnxEncoder``, ``RiverModel``, ``BatchFunction``...) or ``tdf.ai.RegisteredModel``
+        (the registry's champion, swapped at a batch boundary when another version is promoted).
+        ``inputs``: the column(s) the model reads; ``outputs``: the column name(s) it writes (one
+        name for a value or a vector per row). ``batching=tdf.Batching(max_size, max_wait,
+        bucket_by)``: a model batch leaves when full or when its oldest row has waited
+        ``max_wait``. The model runs in ``workers`` threads (or processes, for Python-heavy
+        models) while the pipeline goes on; rows leave in arrival order, each with the
+        ``model_version`` that scored it. A row the model fails on, even alone, goes to the dead
+        letters; the rest of its batch is kept.
+        """
+        from .ops.infer import infer
+
+        return infer(
+            self,
+            step,
+            model,
+            inputs=inputs,
+            outputs=outputs,
+            batching=batching,
+            device=device,
+            workers=workers,
+            concurrency=concurrency,
+            version_column=version_column,
+            swap_check=to_seconds(swap_check, what="swap_check"),
+            on_error=on_error,
+        )
+
     def stateful_map(
         self,
         step: str,

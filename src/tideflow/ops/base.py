@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +98,23 @@ class Operator(ABC):
     tick_ms: int | None = None
     """Operators with processing-time timers set this: the runtime calls ``on_tick`` this often
     while no batch arrives."""
+
+    def next_timer_s(self) -> float | None:
+        """Seconds until this operator's next processing-time timer (``None``: none pending).
+        The default wakes it every ``tick_ms``; operators that know their deadlines say so."""
+        return self.tick_ms / 1000 if self.tick_ms is not None else None
+
+    def start(self, wake: Callable[[], None], abort: threading.Event) -> None:
+        """Called by the runtime in the step's thread before the first batch. Operators with
+        background work (model workers) start it here; ``wake()`` makes the runtime call
+        ``on_tick`` soon, so results finished in the background leave without waiting."""
+
+    def close(self) -> None:
+        """Called once after ``finish`` or when the run aborts: release threads and processes."""
+
+    def metrics(self) -> dict[str, Any] | None:
+        """Step-specific measurements for the run summary (``None``: nothing beyond counts)."""
+        return None
 
     def on_watermark(self, watermark: int, ctx: StepContext) -> Batch | None:
         """The input's watermark advanced with no rows (upstream dropped them): fire timers."""

@@ -9,6 +9,7 @@ batch already read flows to the sinks, which are then flushed and closed.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
 import threading
@@ -31,6 +32,9 @@ from .plan import Stage, compile_stages
 
 _END = object()
 """Marks the end of one producer's output on a channel."""
+_WAKE = (None, object())
+"""Put on a stage's inbox by an operator's background work (a finished model batch): the stage
+wakes and collects what is ready instead of waiting for the next batch or tick."""
 _POLL = 0.05
 """Seconds between checks of the abort flag while blocked on a channel."""
 
@@ -68,6 +72,11 @@ class Channel:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
 
+    def offer(self, item: Any) -> None:
+        """Put without blocking; a full channel already guarantees the consumer will wake."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(item)
+
     def qsize(self) -> int:
         return self._queue.qsize()
 
@@ -89,6 +98,8 @@ class StepStats:
     fused_with: str | None = None
     """Set for steps fused into one operator: only the chain's first input and last output are
     counted, so interior counts are ``None`` (unknown) rather than a misleading zero."""
+    metrics: dict[str, Any] | None = None
+    """Step-specific measurements (an ``infer`` step's batch sizes, queue wait, model time)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -250,9 +261,8 @@ class _StageWorker(_Worker):
         self.inputs = InputWatermarks(len(stage.head.inputs) if stage.head.inputs else 1)
         self.forwarded = NO_WATERMARK
         """The highest watermark this stage has sent on."""
-        ticks = [op.tick_ms for op in self.ops if op.tick_ms is not None]
-        self.tick_s = min(ticks) / 1000 if ticks else None
-        """Operators with timers in processing time are woken this often when no data comes."""
+        self.timed_ops = [op for op in self.ops if op.tick_ms is not None]
+        """Operators with timers in processing time: woken when their next timer is due."""
 
     def work(self) -> None:
         if self.sink is not None:
@@ -260,10 +270,12 @@ class _StageWorker(_Worker):
             self.step = self.sink_node.name
             self.sink.open(self.sink_node.name)
         try:
+            for op in self.ops:
+                op.start(lambda: self.inbox.offer(_WAKE), self.runtime.abort_event)
             ended = 0
             while ended < self.producers:
-                got = self.inbox.get(self.tick_s)
-                if got is None:
+                got = self.inbox.get(self._next_timer_s())
+                if got is None or got is _WAKE:
                     self._tick()
                     continue
                 index, item = got
@@ -283,8 +295,15 @@ class _StageWorker(_Worker):
                 if flushed is not None:
                     self._push(flushed, index + 1)
         finally:
+            for op in self.ops:
+                op.close()
             self._close_sink()
         self.end()
+
+    def _next_timer_s(self) -> float | None:
+        """Seconds until the earliest operator timer is due (None: no timer, wait for data)."""
+        due = [t for t in (op.next_timer_s() for op in self.timed_ops) if t is not None]
+        return max(0.0, min(due)) if due else None
 
     def _tick(self) -> None:
         for index, op in enumerate(self.ops):
@@ -613,6 +632,7 @@ class LocalRuntime:
                             fused_with=fused_with,
                             state_size=op.state_size() if len(names) == 1 and op.state_size() else None,
                             dropped=dict(op.side_counts) if op.side_counts else None,
+                            metrics=op.metrics() if len(names) == 1 else None,
                         )
                         for i, step in enumerate(names)
                     ]

@@ -1,0 +1,356 @@
+"""The ``infer`` step: a model on the stream, in dynamic micro-batches, off the main loop.
+
+Ordering guarantee: rows leave the step in the order they arrived, whatever the batching —
+length buckets, several workers, retries. (So per-key order, and the per-row watermarks that
+event-time steps downstream rely on, are exactly as if the model were instantaneous.) The price
+is that a fast batch may wait for an earlier slow one; the wait is bounded by ``max_wait`` plus
+one model call. The step's output watermark is held back to the earliest row still inside it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import polars as pl
+
+from ..ai.base import Batching, ModelHandler, resolve_device
+from ..ai.batcher import ARRIVED, LENGTH, SEQ, Batcher, ModelBatch
+from ..ai.metrics import InferenceMetrics
+from ..ai.pool import Done, Job, ModelPool
+from ..errors import StepError
+from ..record import Batch, Origin
+from .base import OnError, Operator, StepContext
+
+_HIDDEN_HERE = (SEQ, ARRIVED, LENGTH)
+
+
+@runtime_checkable
+class FollowsRegistry(Protocol):
+    """A model known by name in a registry: the step serves its champion and swaps on promotion."""
+
+    def current(self) -> tuple[Any, ModelHandler[Any]]: ...
+
+    def revision(self) -> int: ...
+
+
+class InferOperator(Operator):
+    """Batches rows across incoming batches, runs the model in a pool, emits rows in order."""
+
+    def __init__(
+        self,
+        step: str,
+        on_error: OnError,
+        model: ModelHandler[Any] | FollowsRegistry,
+        *,
+        inputs: list[str],
+        outputs: list[str],
+        batching: Batching,
+        device: str,
+        workers: int,
+        concurrency: str,
+        version_column: str | None,
+        swap_check_s: float,
+    ) -> None:
+        super().__init__(step, on_error)
+        self.model = model
+        self.inputs = inputs
+        self.outputs = outputs
+        self.batching = batching
+        self.device = device
+        self.workers = workers
+        self.concurrency = concurrency
+        self.version_column = version_column
+        self.swap_check_s = swap_check_s
+        self.tick_ms = 1  # see next_timer_s: the batcher's deadline, not a fixed period
+        self.batcher = Batcher(batching.max_size, batching.max_wait_s, batching.bucket_by, batching.bucket_growth)
+        self.metrics_ = InferenceMetrics()
+        self.pool: ModelPool | None = None
+        self._next_seq = 0
+        self._next_job = 0
+        self._in_flight: dict[int, tuple[int, int | None]] = {}
+        """Job id → (first seq, watermark before it), for jobs the pool has not returned."""
+        self._generation_of_job: dict[int, int] = {}
+        self._done: list[pl.DataFrame] = []
+        self._input_watermark: int | None = None
+        self._origin: Origin | None = None
+        self._size_cap: int | None = None
+        self._generation = 0
+        self._pending_generation: int | None = None
+        self._jobs_per_generation: dict[int, int] = {}
+        self._labels: dict[int, str] = {}
+        """Generation → the version label its rows carry."""
+        self._revision: int | None = None
+        self._last_swap_check = 0.0
+        self._ordered = batching.bucket_by is None and workers == 1
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self, wake: Callable[[], None], abort: threading.Event) -> None:
+        device = resolve_device(self.device)
+        self.pool = ModelPool(
+            workers=self.workers,
+            concurrency=self.concurrency,
+            device=device,
+            outputs=self.outputs,
+            max_in_flight=self.batching.max_in_flight or 2 * self.workers,
+            split_all=self.on_error == "dlq",
+            on_done=wake,
+            abort=abort,
+        )
+        handler = self._resolve_initial()
+        self._labels[self._generation] = handler.version
+        # Loaded (and warmed up, by the handler's load) before the first batch: the source starts
+        # reading meanwhile, so the load overlaps with the pipeline filling up.
+        self.pool.load(self._generation, handler, wait=False)
+        self._jobs_per_generation[self._generation] = 0
+
+    def _resolve_initial(self) -> ModelHandler[Any]:
+        if isinstance(self.model, ModelHandler):
+            return self.model
+        self._revision = self.model.revision()
+        self._last_swap_check = time.monotonic()
+        _, handler = self.model.current()
+        return handler
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    # -- the operator contract --------------------------------------------------------------
+    def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
+        now = time.monotonic()
+        self.records_in += batch.df.height
+        self.metrics_.arrived(now)
+        self._origin = batch.origin or self._origin
+        if batch.watermark is not None:
+            self._input_watermark = batch.watermark
+        missing = [c for c in self.inputs if c not in batch.df.columns]
+        if missing:
+            raise StepError(self.step, KeyError(f"input columns {missing} not in the stream ({batch.df.columns})"))
+        n = batch.df.height
+        rows = batch.df.with_columns(
+            pl.int_range(self._next_seq, self._next_seq + n, dtype=pl.Int64).alias(SEQ),
+            pl.lit(now, pl.Float64).alias(ARRIVED),
+        )
+        self._next_seq += n
+        self.batcher.add(rows, now)
+        return self._advance(ctx, now)
+
+    def on_watermark(self, watermark: int, ctx: StepContext) -> Batch | None:
+        self._input_watermark = watermark
+        return self._advance(ctx, time.monotonic())
+
+    def on_tick(self, ctx: StepContext) -> Batch | None:
+        return self._advance(ctx, time.monotonic())
+
+    def next_timer_s(self) -> float | None:
+        deadline = self.batcher.next_deadline()
+        return None if deadline is None else deadline - time.monotonic()
+
+    def finish(self, ctx: StepContext) -> Batch | None:
+        self._maybe_swap(time.monotonic())
+        for model_batch in self.batcher.take_all(self._size_cap):
+            self._submit(model_batch)
+        assert self.pool is not None
+        while self._in_flight:
+            self._collect(ctx, self.pool.results.get())
+        return self._emit(time.monotonic())
+
+    def state_size(self) -> int:
+        return self.batcher.pending + sum(1 for _ in self._in_flight)
+
+    def metrics(self) -> dict[str, Any]:
+        out = self.metrics_.to_dict()
+        out["model_version"] = self._label(self._generation)
+        out["in_flight_batches"] = len(self._in_flight)
+        return out
+
+    # -- batching and collecting ------------------------------------------------------------
+    def _advance(self, ctx: StepContext, now: float) -> Batch | None:
+        """Collect finished batches, cut and submit what is full or due, and emit what is ready."""
+        self._drain(ctx)
+        self._maybe_swap(now)
+        for model_batch in self.batcher.take_full(self._size_cap):
+            self._submit(model_batch)
+        for model_batch in self.batcher.take_due(now, self._size_cap):
+            self._submit(model_batch)
+        self._drain(ctx)
+        return self._emit(time.monotonic())
+
+    def _submit(self, model_batch: ModelBatch) -> None:
+        assert self.pool is not None
+        job = Job(self._next_job, self._generation, model_batch.rows.select(self.inputs), model_batch)
+        self._next_job += 1
+        self._in_flight[job.id] = (model_batch.first_seq, model_batch.first_watermark)
+        self._generation_of_job[job.id] = self._generation
+        self._jobs_per_generation[self._generation] = self._jobs_per_generation.get(self._generation, 0) + 1
+        self.pool.submit(job)
+
+    def _drain(self, ctx: StepContext) -> None:
+        assert self.pool is not None
+        while True:
+            try:
+                done = self.pool.results.get_nowait()
+            except Exception:  # queue.Empty
+                return
+            self._collect(ctx, done)
+
+    def _collect(self, ctx: StepContext, done: Done) -> None:
+        job = done.job
+        if done.error is not None:
+            raise StepError(self.step, done.error)
+        model_batch: ModelBatch = job.payload
+        rows = model_batch.rows
+        outcome = done.outcome
+        for offset, length, columns in outcome.pieces:
+            part = rows.slice(offset, length).hstack(columns)
+            if self.version_column:
+                part = part.with_columns(pl.lit(done.label, pl.String).alias(self.version_column))
+            self._done.append(part)
+        errors = 0
+        for offset, length, error in outcome.failures:
+            failed = rows.slice(offset, length).drop(_HIDDEN_HERE, strict=False)
+            errors += length
+            ctx.reject_rows(self.step, self.on_error, error, failed, self._origin)
+        if outcome.smallest_failed_size is not None:
+            cap = max(1, outcome.smallest_failed_size // 2)
+            self._size_cap = cap if self._size_cap is None else min(self._size_cap, cap)
+        self.metrics_.batch_done(
+            rows.height, done.started - model_batch.oldest_arrival, done.finished - done.started, outcome.splits, errors
+        )
+        del self._in_flight[job.id]
+        generation = self._generation_of_job.pop(job.id)
+        self._jobs_per_generation[generation] -= 1
+        if generation != self._generation and self._jobs_per_generation[generation] == 0:
+            del self._jobs_per_generation[generation]
+            assert self.pool is not None
+            self.pool.retire(generation)
+
+    def _emit(self, now: float) -> Batch | None:
+        """Rows before the earliest row still waiting or in flight leave, in arrival order."""
+        low = self._outstanding()
+        watermark = self._input_watermark
+        if low is not None and low[1] is not None and watermark is not None:
+            watermark = min(watermark, low[1])
+        if not self._done:
+            return None if watermark is None else Batch(pl.DataFrame(), None, watermark)
+        frame = self._done[0] if len(self._done) == 1 else pl.concat(self._done, how="vertical")
+        self._done = []
+        if not self._ordered:
+            frame = frame.sort(SEQ)
+            if low is not None:
+                ready = frame.filter(pl.col(SEQ) < low[0])
+                if ready.height < frame.height:
+                    self._done = [frame.filter(pl.col(SEQ) >= low[0])]
+                frame = ready
+        if not frame.height:
+            return None if watermark is None else Batch(pl.DataFrame(), None, watermark)
+        self.metrics_.emitted(now - frame.get_column(ARRIVED).to_numpy(), now)
+        out = frame.drop(_HIDDEN_HERE, strict=False)
+        self.records_out += out.height
+        return Batch(out, self._origin, watermark)
+
+    def _outstanding(self) -> tuple[int, int | None] | None:
+        """``(seq, watermark before it)`` of the earliest row not yet scored."""
+        candidates = list(self._in_flight.values())
+        queued = self.batcher.oldest()
+        if queued is not None:
+            candidates.append(queued)
+        return min(candidates, key=lambda c: c[0]) if candidates else None
+
+    # -- hot swap ---------------------------------------------------------------------------
+    def _maybe_swap(self, now: float) -> None:
+        """Follow the registry: load a promoted version in the background, switch when loaded.
+
+        The switch happens between two model batches: every batch is scored by exactly one
+        version, and every row carries that version's label."""
+        if isinstance(self.model, ModelHandler):
+            return
+        assert self.pool is not None
+        if self._pending_generation is not None:
+            if self.pool.ready(self._pending_generation):
+                old = self._generation
+                self._generation = self._pending_generation
+                self._pending_generation = None
+                self._jobs_per_generation.setdefault(self._generation, 0)
+                self.metrics_.swaps += 1
+                if self._jobs_per_generation.get(old, 0) == 0:
+                    self._jobs_per_generation.pop(old, None)
+                    self.pool.retire(old)
+            return
+        if now - self._last_swap_check < self.swap_check_s:
+            return
+        self._last_swap_check = now
+        revision = self.model.revision()
+        if revision == self._revision:
+            return
+        self._revision = revision
+        _, handler = self.model.current()
+        if handler.version == self._label(self._generation):
+            return
+        generation = self._generation + 1
+        while generation in self._jobs_per_generation:
+            generation += 1
+        self._pending_generation = generation
+        self._labels[generation] = handler.version
+        self.pool.load(generation, handler, wait=False)
+
+    def _label(self, generation: int) -> str | None:
+        return self._labels.get(generation)
+
+
+def infer(
+    stream: Any,
+    step: str,
+    model: ModelHandler[Any] | FollowsRegistry,
+    *,
+    inputs: str | Sequence[str],
+    outputs: str | Sequence[str],
+    batching: Batching | None,
+    device: str,
+    workers: int,
+    concurrency: str | None,
+    version_column: str | None,
+    swap_check: float,
+    on_error: OnError | None,
+) -> Any:
+    """Build the step (``Stream.infer`` documents the arguments)."""
+    from ..errors import FlowDefinitionError
+
+    if not isinstance(model, ModelHandler | FollowsRegistry):
+        raise FlowDefinitionError(
+            f"step {step!r}: model must be a tideflow.ai handler (e.g. tdf.ai.SklearnModel(...)) or a "
+            f"registered model (tdf.ai.RegisteredModel(name)), got {type(model).__name__}"
+        )
+    input_list = [inputs] if isinstance(inputs, str) else list(inputs)
+    output_list = [outputs] if isinstance(outputs, str) else list(outputs)
+    if not input_list or not output_list:
+        raise FlowDefinitionError(f"step {step!r}: inputs= and outputs= each need at least one column")
+    if workers < 1:
+        raise FlowDefinitionError(f"step {step!r}: workers must be at least 1, got {workers}")
+    chosen = concurrency or (model.concurrency if isinstance(model, ModelHandler) else "thread")
+    if chosen not in ("thread", "process"):
+        raise FlowDefinitionError(f"step {step!r}: concurrency must be 'thread' or 'process', got {chosen!r}")
+    policy = batching or (model.batching if isinstance(model, ModelHandler) else None) or Batching()
+    kind = on_error or stream.flow.on_error
+
+    def factory() -> InferOperator:
+        return InferOperator(
+            step,
+            kind,
+            model,
+            inputs=input_list,
+            outputs=output_list,
+            batching=policy,
+            device=device,
+            workers=workers,
+            concurrency=chosen,
+            version_column=version_column,
+            swap_check_s=swap_check,
+        )
+
+    return stream._operator(step, factory, on_error=on_error)
+

@@ -111,21 +111,23 @@ class Batcher:
         self._counts[bucket] = self._counts.get(bucket, 0) + rows.height
 
     # -- cutting ----------------------------------------------------------------------------
-    def take_full(self, limit: int | None = None) -> Iterator[ModelBatch]:
-        """Model batches of exactly ``max_size`` rows (or ``limit``, if lower), while any bucket
-        holds that many."""
+    def next_full(self, limit: int | None = None) -> ModelBatch | None:
+        """A model batch of ``max_size`` rows (or ``limit``, if lower) from a bucket that holds
+        that many; None if none does. One at a time, so the caller can lower ``limit`` between
+        batches (after a batch failed for its size)."""
         size = min(self.max_size, limit) if limit else self.max_size
-        for bucket in list(self._queues):
-            while self._counts.get(bucket, 0) >= size:
-                yield self._cut(bucket, size)
+        for bucket, count in self._counts.items():
+            if count >= size:
+                return self._cut(bucket, size)
+        return None
 
-    def take_due(self, now: float, limit: int | None = None) -> Iterator[ModelBatch]:
-        """Everything queued in buckets whose oldest row has waited ``max_wait`` or more."""
+    def next_due(self, now: float, limit: int | None = None) -> ModelBatch | None:
+        """Rows of a bucket whose oldest row has waited ``max_wait`` or more; None if none has."""
         size = min(self.max_size, limit) if limit else self.max_size
-        for bucket in list(self._queues):
-            queue = self._queues[bucket]
-            while queue and now - queue[0].arrived >= self.max_wait_s:
-                yield self._cut(bucket, min(size, self._counts[bucket]))
+        for bucket, queue in self._queues.items():
+            if now - queue[0].arrived >= self.max_wait_s:
+                return self._cut(bucket, min(size, self._counts[bucket]))
+        return None
 
     def take_all(self, limit: int | None = None) -> Iterator[ModelBatch]:
         """Everything queued, in batches of at most ``max_size`` (end of input)."""

@@ -171,13 +171,13 @@ class InferOperator(Operator):
     # -- batching and collecting ------------------------------------------------------------
     def _advance(self, ctx: StepContext, now: float) -> Batch | None:
         """Collect finished batches, cut and submit what is full or due, and emit what is ready."""
-        self._drain(ctx)
         self._maybe_swap(now)
-        for model_batch in self.batcher.take_full(self._size_cap):
+        while True:
+            self._drain(ctx)  # between submissions: a size failure lowers the cap at once
+            model_batch = self.batcher.next_full(self._size_cap) or self.batcher.next_due(now, self._size_cap)
+            if model_batch is None:
+                break
             self._submit(model_batch)
-        for model_batch in self.batcher.take_due(now, self._size_cap):
-            self._submit(model_batch)
-        self._drain(ctx)
         return self._emit(time.monotonic())
 
     def _submit(self, model_batch: ModelBatch) -> None:

@@ -1,0 +1,123 @@
+"""Small model handlers for the infer-step tests (importable by worker processes, too)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from tideflow.ai.base import BatchTooLarge, ModelHandler
+
+
+class Scale(ModelHandler[float]):
+    """``y = x * factor``; a row with ``x`` in ``poison`` makes any batch holding it fail."""
+
+    def __init__(self, factor: float = 2.0, version: str = "v1", poison: tuple[int, ...] = ()) -> None:
+        self.factor = factor
+        self.version = version
+        self.poison = poison
+        self.name = "scale"
+
+    def load(self, device: str) -> float:
+        return self.factor
+
+    def predict_batch(self, model: float, inputs: pl.DataFrame) -> Any:
+        x = inputs.get_column("x").to_numpy()
+        if self.poison and np.isin(x, self.poison).any():
+            raise ValueError(f"poisoned value among {len(x)} rows")
+        return x * model
+
+
+class Capped(ModelHandler[None]):
+    """Fails like an out-of-memory error on batches bigger than ``limit``; records batch sizes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.sizes: list[int] = []
+
+    def load(self, device: str) -> None:
+        return None
+
+    def predict_batch(self, model: None, inputs: pl.DataFrame) -> Any:
+        self.sizes.append(inputs.height)
+        if inputs.height > self.limit:
+            raise BatchTooLarge(f"{inputs.height} rows do not fit; at most {self.limit}")
+        return inputs.get_column("x").to_numpy() + 1
+
+
+class Gated(ModelHandler[None]):
+    """Blocks every call until ``gate`` is set; counts calls and the most at once."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.called = threading.Event()
+        self.calls = 0
+        self.active = 0
+        self.most_active = 0
+        self._lock = threading.Lock()
+
+    def load(self, device: str) -> None:
+        return None
+
+    def predict_batch(self, model: None, inputs: pl.DataFrame) -> Any:
+        with self._lock:
+            self.calls += 1
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        self.called.set()
+        self.gate.wait(30)
+        with self._lock:
+            self.active -= 1
+        return inputs.get_column("x").to_numpy()
+
+
+class Embed(ModelHandler[None]):
+    """A vector per row (like an embedding), so outputs keep a fixed-size array column."""
+
+    def load(self, device: str) -> None:
+        return None
+
+    def predict_batch(self, model: None, inputs: pl.DataFrame) -> Any:
+        x = inputs.get_column("x").to_numpy().astype(np.float32)
+        return np.stack([x, x * 2, x * 3], axis=1)
+
+
+class PythonHeavy(ModelHandler[int]):
+    """A per-record Python model, marked for process workers; returns the worker's pid too."""
+
+    concurrency = "process"
+
+    def load(self, device: str) -> int:
+        import os
+
+        return os.getpid()
+
+    def predict_batch(self, model: int, inputs: pl.DataFrame) -> Any:
+        xs = inputs.get_column("x").to_list()
+        if -1 in xs:
+            raise ValueError("negative one")
+        return {"y": [x * 3 for x in xs], "pid": [model] * len(xs)}
+
+
+class FakeRegistry:
+    """Follows a champion like ``tdf.ai.RegisteredModel`` does, driven by the test."""
+
+    def __init__(self, handler: ModelHandler[Any]) -> None:
+        self.handler = handler
+        self._revision = 0
+        self.lock = threading.Lock()
+
+    def promote(self, handler: ModelHandler[Any]) -> None:
+        with self.lock:
+            self.handler = handler
+            self._revision += 1
+
+    def current(self) -> tuple[Any, ModelHandler[Any]]:
+        with self.lock:
+            return self.handler.version, self.handler
+
+    def revision(self) -> int:
+        with self.lock:
+            return self._revision

@@ -315,3 +315,46 @@ def test_outputs_plus_dead_letters_equal_inputs_for_any_batching(n, batch_size, 
     assert out.get_column("x").to_list() == expected
     assert out.get_column("y").to_list() == [2.0 * i for i in expected]
     assert sorted(int(d["position"].split()[1]) for d in dead) == sorted(p for p in poison if p < n)
+
+
+def test_hot_swap_through_the_on_disk_registry(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tideflow.ai.registry import ModelRegistry, RegisteredModel
+
+    registry = ModelRegistry(tmp_path / "models")
+    for factor in ("1", "10"):
+        artifact = tmp_path / f"factor-{factor}.txt"
+        artifact.write_text(factor)
+        registry.register("scaler", artifact, metrics={"factor": float(factor)})
+    registry.promote("scaler", 1)
+    following = RegisteredModel(
+        "scaler", registry=registry, loader=lambda v: Scale(float(v.path.read_text()), version=v.label)
+    )
+    scored_by_new = threading.Event()
+
+    def records():  # type: ignore[no-untyped-def]
+        for i in range(20_000):
+            if i == 8_000:
+                registry.promote("scaler", 2, reason="better")
+            if i == 12_000:
+                assert scored_by_new.wait(20)
+            yield {"x": i}
+
+    class Watch(tdf.io.MemorySink):
+        def write(self, df):  # type: ignore[no-untyped-def]
+            super().write(df)
+            if (df.get_column("model_version") == "scaler:2").any():
+                scored_by_new.set()
+
+    flow = tdf.Flow("registry-swap")
+    out = Watch()
+    flow.source("src", tdf.io.IterableSource(records(), batch_size=250, linger="1ms")).infer(
+        "score", following, inputs="x", outputs="y", batching=tdf.Batching(max_size=64, max_wait="1ms"), swap_check=0
+    ).sink("out", out)
+    flow.run(handle_signals=False)
+    frame = out.frame
+    assert frame.get_column("x").to_list() == list(range(20_000))
+    versions = frame.get_column("model_version").to_list()
+    switch = versions.index("scaler:2")
+    assert 0 < switch < 12_000 and set(versions[:switch]) == {"scaler:1"} and set(versions[switch:]) == {"scaler:2"}
+    expected = [float(x) * (10.0 if v == "scaler:2" else 1.0) for x, v in zip(range(20_000), versions, strict=True)]
+    assert frame.get_column("y").to_list() == expected

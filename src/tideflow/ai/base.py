@@ -9,6 +9,7 @@ at a batch boundary while the old one is still serving.
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ class ModelHandler(ABC, Generic[M]):
     version: str = "1"
     batching: Batching | None = None
     concurrency: Concurrency = "thread"
+    frameworks: tuple[str, ...] | None = None
+    """Frameworks asked whether a GPU is usable under ``device="auto"`` (None: those imported)."""
 
     @abstractmethod
     def load(self, device: str) -> M:
@@ -121,25 +124,30 @@ def is_size_failure(error: BaseException) -> bool:
     )
 
 
-def resolve_device(device: str) -> str:
-    """``"auto"`` becomes ``"cuda"`` when a GPU is visible to PyTorch or ONNX Runtime, else
-    ``"cpu"``; anything else is returned as given. Frameworks are probed only if installed."""
+def resolve_device(device: str, frameworks: Sequence[str] | None = None) -> str:
+    """``"auto"`` becomes ``"cuda"`` when a GPU is visible to the model's framework, else ``"cpu"``.
+
+    ``frameworks`` names what to ask (``"torch"``, ``"onnxruntime"``); by default only those
+    already imported are asked, because importing torch just to probe costs about a second.
+    Anything but ``"auto"`` is returned as given.
+    """
     if device != "auto":
         return device
-    try:
-        import torch
+    names = list(frameworks) if frameworks is not None else [n for n in ("torch", "onnxruntime") if n in sys.modules]
+    for name in names:
+        try:
+            if name == "torch":
+                import torch
 
-        if torch.cuda.is_available():
-            return "cuda"
-    except ImportError:
-        pass
-    try:
-        import onnxruntime
+                if torch.cuda.is_available():
+                    return "cuda"
+            elif name == "onnxruntime":
+                import onnxruntime
 
-        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-            return "cuda"
-    except ImportError:
-        pass
+                if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+                    return "cuda"
+        except ImportError:
+            continue
     return "cpu"
 
 

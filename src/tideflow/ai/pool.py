@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 
 from ..errors import InfrastructureError
-from .base import ModelHandler, as_columns, is_size_failure
+from .base import ModelHandler, as_columns, is_size_failure, resolve_device
 
 _POLL_S = 0.05
 
@@ -155,7 +155,7 @@ class ThreadWorker(Worker):
         self.models: dict[int, tuple[ModelHandler[Any], Any]] = {}
 
     def _load(self, generation: int, handler: ModelHandler[Any]) -> None:
-        self.models[generation] = (handler, handler.load(self.device))
+        self.models[generation] = (handler, handler.load(resolve_device(self.device, handler.frameworks)))
 
     def _drop(self, generation: int) -> None:
         self.models.pop(generation, None)
@@ -230,7 +230,7 @@ def _child_main(conn: Any, device: str, outputs: list[str], split_all: bool) -> 
                 return
             if kind == "load":
                 _, generation, handler = message
-                models[generation] = (handler, handler.load(device))
+                models[generation] = (handler, handler.load(resolve_device(device, handler.frameworks)))
                 conn.send(("ok", None))
             elif kind == "drop":
                 models.pop(message[1], None)

@@ -15,6 +15,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+_IDLE_POLL_S = 0.05
+"""How often an idle consumer checks ``stop`` while the reader is blocked in the iterator."""
+
 
 class Prefetcher:
     """Chunks of at most ``batch_size`` items from ``items``, read on a background thread.
@@ -89,7 +92,9 @@ class Prefetcher:
                 if self._error is not None:
                     raise self._error
                 return
-            timeout = self._linger_s if first_seen is None else first_seen + self._linger_s - time.monotonic()
+            # Nothing waiting: sleep until the reader signals an item (polling only for stop), never
+            # spin — with linger=0 a zero timeout here once burned a core and starved the model.
+            timeout = _IDLE_POLL_S if first_seen is None else first_seen + self._linger_s - time.monotonic()
             self._ready.wait(max(timeout, 0.0))
             self._ready.clear()
 

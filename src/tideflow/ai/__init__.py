@@ -8,6 +8,7 @@ from ._imports import MissingExtra
 from .base import Batching, BatchTooLarge, ModelHandler
 from .function import BatchFunction
 from .onnx import OnnxModel
+from .registry import ModelRegistry, ModelVersion, RegisteredModel
 from .river import RiverModel
 from .sklearn import SklearnModel
 from .text import MiniLMOnnxEncoder, SentenceTransformerEncoder, minilm_int8_onnx_path, minilm_tokenizer_path
@@ -20,7 +21,10 @@ __all__ = [
     "MiniLMOnnxEncoder",
     "MissingExtra",
     "ModelHandler",
+    "ModelRegistry",
+    "ModelVersion",
     "OnnxModel",
+    "RegisteredModel",
     "RiverModel",
     "SentenceTransformerEncoder",
     "SklearnModel",

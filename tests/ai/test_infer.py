@@ -358,3 +358,25 @@ def test_hot_swap_through_the_on_disk_registry(tmp_path) -> None:  # type: ignor
     assert 0 < switch < 12_000 and set(versions[:switch]) == {"scaler:1"} and set(versions[switch:]) == {"scaler:2"}
     expected = [float(x) * (10.0 if v == "scaler:2" else 1.0) for x, v in zip(range(20_000), versions, strict=True)]
     assert frame.get_column("y").to_list() == expected
+
+
+def test_models_are_warmed_up_before_their_first_batch() -> None:
+    calls: list[list[int]] = []
+
+    class WithExample(Scale):
+        def example(self, model):  # type: ignore[no-untyped-def]
+            return pl.DataFrame({"x": [-5]})
+
+        def predict_batch(self, model, inputs):  # type: ignore[no-untyped-def]
+            calls.append(inputs.get_column("x").to_list())
+            return super().predict_batch(model, inputs)
+
+    class WithoutExample(WithExample):
+        def example(self, model):  # type: ignore[no-untyped-def]
+            return None
+
+    out, _, _ = run_infer(WithExample(), rows(100), inputs="x", outputs="y", batching=tdf.Batching(max_size=50))
+    assert calls[0] == [-5] and out.height == 100  # the example ran first, and is not an output
+    calls.clear()
+    out, _, _ = run_infer(WithoutExample(), rows(100), inputs="x", outputs="y", batching=tdf.Batching(max_size=50))
+    assert calls[0] == [0] and calls[1][:3] == [0, 1, 2] and out.height == 100  # one row first

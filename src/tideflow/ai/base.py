@@ -96,6 +96,11 @@ class ModelHandler(ABC, Generic[M]):
     def can_learn(self) -> bool:
         return type(self).learn_batch is not ModelHandler.learn_batch
 
+    def example(self, model: M) -> pl.DataFrame | None:
+        """A tiny input this model accepts, to warm it up as soon as it is loaded (before any
+        traffic). None: the step warms it up on one row of the first batch instead."""
+        return None
+
     def warmup(self, model: M, sample: pl.DataFrame) -> None:
         """Run the model once before traffic, so that the first real batch does not pay for
         lazy initialisation (graph optimisation, kernel selection, allocations)."""

@@ -49,6 +49,23 @@ class Outcome:
     """The smallest batch size that failed for its size (the step caps later batches below it)."""
 
 
+def load_warm(handler: ModelHandler[Any], device: str) -> tuple[Any, bool]:
+    """Load the model and warm it up on the handler's example; returns ``(model, warm)``."""
+    model = handler.load(resolve_device(device, handler.frameworks))
+    sample = handler.example(model)
+    if sample is None:
+        return model, False
+    warm_up(handler, model, sample)
+    return model, True
+
+
+def warm_up(handler: ModelHandler[Any], model: Any, sample: pl.DataFrame) -> None:
+    """Run the model once, ignoring failures: a model that cannot take this sample will fail
+    on real rows too, where the failure is accounted for (dead letters), not here."""
+    with contextlib.suppress(Exception):
+        handler.warmup(model, sample)
+
+
 def predict_with_fallback(
     handler: ModelHandler[Any], model: Any, inputs: pl.DataFrame, outputs: list[str], split_all: bool = True
 ) -> Outcome:
@@ -153,15 +170,24 @@ class ThreadWorker(Worker):
     def __init__(self, device: str, outputs: list[str], split_all: bool) -> None:
         super().__init__(device, outputs, split_all)
         self.models: dict[int, tuple[ModelHandler[Any], Any]] = {}
+        self.cold: set[int] = set()
+        """Generations whose handler had no example: warmed up on the first batch's first row."""
 
     def _load(self, generation: int, handler: ModelHandler[Any]) -> None:
-        self.models[generation] = (handler, handler.load(resolve_device(self.device, handler.frameworks)))
+        model, warm = load_warm(handler, self.device)
+        self.models[generation] = (handler, model)
+        if not warm:
+            self.cold.add(generation)
 
     def _drop(self, generation: int) -> None:
         self.models.pop(generation, None)
+        self.cold.discard(generation)
 
     def _run(self, job: Job) -> Outcome:
         handler, model = self.models[job.generation]
+        if job.generation in self.cold:
+            self.cold.discard(job.generation)
+            warm_up(handler, model, job.inputs.head(1))
         return predict_with_fallback(handler, model, job.inputs, self.outputs, self.split_all)
 
 
@@ -219,6 +245,7 @@ def _ipc_bytes(frame: pl.DataFrame) -> bytes:
 def _child_main(conn: Any, device: str, outputs: list[str], split_all: bool) -> None:
     """A model process: load generations, run batches, reply; until told to stop."""
     models: dict[int, tuple[ModelHandler[Any], Any]] = {}
+    cold: set[int] = set()
     while True:
         try:
             message = conn.recv()
@@ -230,7 +257,10 @@ def _child_main(conn: Any, device: str, outputs: list[str], split_all: bool) -> 
                 return
             if kind == "load":
                 _, generation, handler = message
-                models[generation] = (handler, handler.load(resolve_device(device, handler.frameworks)))
+                model, warm = load_warm(handler, device)
+                models[generation] = (handler, model)
+                if not warm:
+                    cold.add(generation)
                 conn.send(("ok", None))
             elif kind == "drop":
                 models.pop(message[1], None)
@@ -238,7 +268,11 @@ def _child_main(conn: Any, device: str, outputs: list[str], split_all: bool) -> 
             elif kind == "run":
                 _, generation, data = message
                 handler, model = models[generation]
-                outcome = predict_with_fallback(handler, model, pl.read_ipc(data), outputs, split_all)
+                inputs = pl.read_ipc(data)
+                if generation in cold:
+                    cold.discard(generation)
+                    warm_up(handler, model, inputs.head(1))
+                outcome = predict_with_fallback(handler, model, inputs, outputs, split_all)
                 pieces = [(offset, length, _ipc_bytes(frame)) for offset, length, frame in outcome.pieces]
                 failures = [
                     (offset, length, f"{type(error).__name__}: {error}") for offset, length, error in outcome.failures

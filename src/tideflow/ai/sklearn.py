@@ -91,6 +91,12 @@ class SklearnModel(ModelHandler[Any]):
             raise ValueError(f"{self.path}: {type(estimator).__name__} has no method {self.method!r}")
         return estimator
 
+    def example(self, model: Any) -> pl.DataFrame | None:
+        features = getattr(model, "n_features_in_", None)
+        if not isinstance(features, int):
+            return None
+        return pl.DataFrame({f"x{i}": [0.0] for i in range(features)})
+
     def predict_batch(self, model: Any, inputs: pl.DataFrame) -> np.ndarray:
         return np.asarray(getattr(model, self.method)(to_matrix(inputs, self.dtype)))
 

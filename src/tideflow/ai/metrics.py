@@ -27,15 +27,17 @@ class LogHistogram:
         self.sum = 0.0
         self.max = 0.0
 
-    def add(self, values: np.ndarray | float) -> None:
+    def add(self, values: np.ndarray | float, counts: np.ndarray | None = None) -> None:
+        """Count ``values`` (each ``counts[i]`` times when given)."""
         array = np.atleast_1d(np.asarray(values, dtype=np.float64))
         if not array.size:
             return
         index = np.log(np.maximum(array, self.LOW) / self.LOW) / math.log(self.RATIO)
         index = np.clip(index.astype(np.int64) + 1, 0, self._bins - 1)
-        np.add.at(self.counts, index, 1)
-        self.total += int(array.size)
-        self.sum += float(array.sum())
+        weights = None if counts is None else counts.astype(np.float64)
+        self.counts += np.bincount(index, weights=weights, minlength=self._bins).astype(np.int64)
+        self.total += int(array.size if counts is None else counts.sum())
+        self.sum += float(array.sum() if counts is None else (array * counts).sum())
         self.max = max(self.max, float(array.max()))
 
     def quantile(self, q: float) -> float | None:
@@ -98,8 +100,13 @@ class InferenceMetrics:
             self.queue_wait.add(queue_wait_s)
             self.model_time.add(model_s)
 
-    def emitted(self, latencies_s: np.ndarray, now: float) -> None:
-        self.latency.add(latencies_s)
+    def emitted(self, arrivals: np.ndarray, now: float) -> None:
+        """Rows leave at ``now``; ``arrivals`` (non-decreasing: rows leave in arrival order)
+        repeat one value per incoming batch, so they are counted as runs, not one by one."""
+        if arrivals.size:
+            starts = np.flatnonzero(np.diff(arrivals, prepend=arrivals[0] - 1.0))
+            counts = np.diff(np.append(starts, arrivals.size))
+            self.latency.add(now - arrivals[starts], counts)
         self.last_emit = now
 
     def to_dict(self) -> dict[str, Any]:

@@ -78,8 +78,33 @@ def render_summary(console: Console, result: RunResult, extra: dict[str, Any] | 
             f"{s.dead_letters:,}" if s.dead_letters else "",
         )
     console.print(steps)
+    models = [s for s in result.steps if s.metrics and "model_ms_per_batch" in s.metrics]
+    if models:
+        console.print(_model_table(models))
     if extra:
         details = Table(show_header=False, box=None)
         for key, value in extra.items():
             details.add_row(key, str(value))
         console.print(details)
+
+
+def _model_table(steps: list[Any]) -> Table:
+    """One line per ``infer`` step: throughput, batch fill, where the time went."""
+    table = Table(show_edge=False, box=None, title="models")
+    for column in ("step", "version", "records/s", "batches", "mean batch", "model ms p50", "wait ms p99", "errors"):
+        table.add_column(column, justify="left" if column in ("step", "version") else "right")
+    for s in steps:
+        m = s.metrics
+        model_ms = (m.get("model_ms_per_batch") or {}).get("p50")
+        wait_ms = (m.get("queue_wait_ms") or {}).get("p99")
+        table.add_row(
+            s.step,
+            str(m.get("model_version") or ""),
+            f"{m['records_per_s']:,.0f}" if m.get("records_per_s") else "–",
+            f"{m['batches']:,}",
+            f"{m['mean_batch_size']:.1f}" if m.get("mean_batch_size") else "–",
+            "–" if model_ms is None else f"{model_ms:.2f}",
+            "–" if wait_ms is None else f"{wait_ms:.2f}",
+            f"{m['errors']:,}" if m.get("errors") else "",
+        )
+    return table

@@ -380,3 +380,27 @@ def test_models_are_warmed_up_before_their_first_batch() -> None:
     calls.clear()
     out, _, _ = run_infer(WithoutExample(), rows(100), inputs="x", outputs="y", batching=tdf.Batching(max_size=50))
     assert calls[0] == [0] and calls[1][:3] == [0, 1, 2] and out.height == 100  # one row first
+
+
+def test_the_cli_summary_shows_the_model_steps(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from typer.testing import CliRunner
+
+    from tideflow.cli import app
+
+    pipeline = tmp_path / "pipeline.py"
+    pipeline.write_text(
+        "import tideflow as tdf\n"
+        "flow = tdf.Flow('p')\n"
+        "flow.source('s', tdf.io.MemorySource([{'x': i} for i in range(500)])).infer(\n"
+        "    'score', tdf.ai.BatchFunction(lambda a: a[:, 0] * 2, input='numpy', version='7'), inputs='x', outputs='y'\n"
+        ").sink('o', tdf.io.NullSink())\n"
+    )
+    table = CliRunner().invoke(app, ["run", str(pipeline), "--quiet"])
+    assert table.exit_code == 0, table.output
+    assert "models" in table.output and "score" in table.output
+    as_json = CliRunner().invoke(app, ["run", str(pipeline), "--quiet", "--json"])
+    steps = {s["step"]: s for s in json.loads(as_json.output)["steps"]}
+    assert steps["score"]["metrics"]["records"] == 500
+    assert steps["score"]["metrics"]["model_version"] == "7"

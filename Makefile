@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 BENCH_VENV ?= .bench-venv
 
-.PHONY: install install-test demo test lint bench bench-env clean
+.PHONY: install install-test demo test lint bench bench-env bench-inference clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ bench-env: $(BENCH_VENV)/.installed  ## create the peers' benchmark venv (Bytewa
 
 bench: $(STAMP) bench-env    ## stateless throughput, tideflow beside Bytewax
 	$(BIN)/python benchmarks/stateless.py
+
+bench-inference: $(TEST_STAMP)  ## pipeline vs raw model vs per-record calls, and latency under load
+	$(BIN)/tideflow bench inference
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist src/*.egg-info

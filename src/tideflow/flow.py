@@ -339,6 +339,49 @@ class Stream:
             on_error=on_error,
         )
 
+    def learn(
+        self,
+        step: str,
+        model: Any,
+        *,
+        inputs: str | Sequence[str],
+        label: str,
+        output: str = "prediction",
+        task: Literal["classification", "regression"] | None = None,
+        window: int = 1_000,
+        every: int = 100,
+        granularity: Literal["record", "batch"] | None = None,
+        device: str = "cpu",
+        on_error: OnError | None = None,
+    ) -> LearnedStream:
+        """Serve and train ``model`` on this stream, test-then-train (prequential).
+
+        Every row gets ``output``, predicted before its label (column ``label``; null: serve
+        only) is learned. ``granularity="record"`` (default for models with
+        ``predict_learn_one``, e.g. River) predicts and learns row by row; ``"batch"`` (default
+        otherwise, e.g. scikit-learn ``partial_fit``) predicts a batch, then learns it.
+        ``.metrics()`` is the stream of rolling quality (accuracy and macro-F1, or MAE and
+        RMSE) over the last ``window`` labelled rows, one row every ``every`` labelled rows.
+        """
+        from .ops.learn import learn
+
+        return LearnedStream(
+            learn(
+                self,
+                step,
+                model,
+                inputs=inputs,
+                label=label,
+                output=output,
+                task=task,
+                window=window,
+                every=every,
+                granularity=granularity,
+                device=device,
+                on_error=on_error,
+            )
+        )
+
     def stateful_map(
         self,
         step: str,
@@ -483,6 +526,17 @@ class AggregatedStream(Stream):
     def late(self) -> Stream:
         """Records that arrived after every window they belong to was past its lateness."""
         return self._side("late", time=self._source.time)
+
+
+class LearnedStream(Stream):
+    """The output of ``learn``; ``metrics()`` is the stream of its rolling quality."""
+
+    def __init__(self, result: Stream) -> None:
+        super().__init__(result.flow, result.node, time=result.time, key=result.key, watermarked=result.watermarked)
+
+    def metrics(self) -> Stream:
+        """One row every ``every`` labelled rows: step, labelled, window, at, and the metrics."""
+        return self._side("metrics", time=None)
 
 
 class JoinedStream(Stream):

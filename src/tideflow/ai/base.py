@@ -92,6 +92,12 @@ class ModelHandler(ABC, Generic[M]):
         """Update the model with labelled rows (online learning); not every model can."""
         raise NotImplementedError(f"{type(self).__name__} does not learn online")
 
+    def fitted(self, model: M) -> bool:
+        """Whether the model can predict yet. A model that learns online from nothing (a fresh
+        ``partial_fit`` estimator) cannot until its first update: ``learn`` gives its first
+        rows a null prediction instead of failing them."""
+        return True
+
     @property
     def can_learn(self) -> bool:
         return type(self).learn_batch is not ModelHandler.learn_batch

@@ -138,6 +138,21 @@ class RiverModel(ModelHandler[Any]):
                 for row, target in zip(rows, targets, strict=True):
                     model.learn_one(row, target)
 
+    def predict_learn_one(self, model: Any, row: dict[str, Any], label: Any) -> Any:
+        """Test then train on one row: the prediction is made before the row is learned (for
+        ``stream.learn``'s prequential evaluation; a null label only predicts)."""
+        method = _one(self.method)
+        with self._lock:
+            predicted = getattr(model, method)(row)
+            if label is not None or not getattr(model, "_supervised", True):
+                if getattr(model, "_supervised", True):
+                    model.learn_one(row, label)
+                else:
+                    model.learn_one(row)
+        if method.startswith("predict_proba") and self.classes is not None:
+            return [predicted.get(c, 0.0) for c in self.classes]
+        return predicted
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "method": self.method}
 

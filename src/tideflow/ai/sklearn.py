@@ -100,6 +100,16 @@ class SklearnModel(ModelHandler[Any]):
     def predict_batch(self, model: Any, inputs: pl.DataFrame) -> np.ndarray:
         return np.asarray(getattr(model, self.method)(to_matrix(inputs, self.dtype)))
 
+    def fitted(self, model: Any) -> bool:
+        from sklearn.exceptions import NotFittedError
+        from sklearn.utils.validation import check_is_fitted
+
+        try:
+            check_is_fitted(model)
+        except NotFittedError:
+            return False
+        return True
+
     def learn_batch(self, model: Any, inputs: pl.DataFrame, labels: pl.Series) -> None:
         partial_fit = getattr(model, "partial_fit", None)
         if partial_fit is None:

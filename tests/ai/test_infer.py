@@ -404,3 +404,41 @@ def test_the_cli_summary_shows_the_model_steps(tmp_path) -> None:  # type: ignor
     steps = {s["step"]: s for s in json.loads(as_json.output)["steps"]}
     assert steps["score"]["metrics"]["records"] == 500
     assert steps["score"]["metrics"]["model_version"] == "7"
+
+
+def test_a_big_input_batch_streams_out_as_its_model_batches_finish() -> None:
+    calls = 0
+
+    class Counting(Scale):
+        def predict_batch(self, model, inputs):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            return super().predict_batch(model, inputs)
+
+    calls_at_first_write: list[int] = []
+
+    class First(tdf.io.MemorySink):
+        def write(self, df):  # type: ignore[no-untyped-def]
+            if not calls_at_first_write:
+                calls_at_first_write.append(calls)
+            super().write(df)
+
+    flow = tdf.Flow("stream-out")
+    sink = First()
+    flow.source("src", tdf.io.MemorySource(rows(1000), batch_size=1000)).infer(
+        "score", Counting(), inputs="x", outputs="y", batching=tdf.Batching(max_size=10, max_in_flight=2)
+    ).sink("out", sink)
+    flow.run(handle_signals=False)
+    assert sink.frame.get_column("x").to_list() == list(range(1000))
+    # 100 model batches from one input batch: results left long before the last was scored.
+    assert calls_at_first_write[0] <= 10
+
+
+def test_outputs_that_would_overwrite_a_column_are_refused_with_a_hint() -> None:
+    data = [{"x": 1, "y": 2.0, "model_version": "a"}]
+    with pytest.raises(StepError, match=r"\['y'\] exist already.*outputs="):
+        run_infer(Scale(), data, inputs="x", outputs="y", version_column=None)
+    with pytest.raises(StepError, match="version_column="):
+        run_infer(Scale(), data, inputs="x", outputs="z")
+    out, _, _ = run_infer(Scale(), data, inputs="x", outputs="z", version_column="scale_version")
+    assert out.row(0) == (1, 2.0, "a", 2.0, "v1")

@@ -89,6 +89,11 @@ class InferenceMetrics:
         if self.first_arrival is None:
             self.first_arrival = now
 
+    def model_ready(self, at: float) -> None:
+        """Throughput counts from when the model could work: its load is not the stream's pace."""
+        if self.first_arrival is not None and at > self.first_arrival:
+            self.first_arrival = at
+
     def batch_done(self, rows: int, queue_wait_s: float, model_s: float, splits: int, errors: int) -> None:
         bucket = 1 << max(0, (rows - 1).bit_length())
         with self._lock:

@@ -311,6 +311,8 @@ class ModelPool:
         self._handlers: dict[int, ModelHandler[Any]] = {}
         self._ready: dict[int, threading.Event] = {}
         self._load_errors: dict[int, BaseException] = {}
+        self.ready_at: dict[int, float] = {}
+        """When each generation finished loading (monotonic): waiting for a load is not queueing."""
         self._threads = [
             threading.Thread(target=self._serve, args=(worker,), name=f"tideflow-model-{i}", daemon=True)
             for i, worker in enumerate(self.workers)
@@ -331,6 +333,7 @@ class ModelPool:
             except BaseException as error:
                 self._load_errors[generation] = error
             finally:
+                self.ready_at[generation] = time.monotonic()
                 ready.set()
 
         if wait:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -116,11 +116,11 @@ class Operator(ABC):
         """Step-specific measurements for the run summary (``None``: nothing beyond counts)."""
         return None
 
-    def on_watermark(self, watermark: int, ctx: StepContext) -> Batch | None:
+    def on_watermark(self, watermark: int, ctx: StepContext) -> Batch | Iterable[Batch] | None:
         """The input's watermark advanced with no rows (upstream dropped them): fire timers."""
         return None
 
-    def on_tick(self, ctx: StepContext) -> Batch | None:
+    def on_tick(self, ctx: StepContext) -> Batch | Iterable[Batch] | None:
         """Processing time passed without data: fire what is due."""
         return None
 
@@ -134,10 +134,11 @@ class Operator(ABC):
         return [self.step]
 
     @abstractmethod
-    def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
-        """Transform one batch; return ``None`` when nothing comes out."""
+    def process(self, batch: Batch, ctx: StepContext) -> Batch | Iterable[Batch] | None:
+        """Transform one batch; return ``None`` when nothing comes out. An operator that waits
+        on background work may return an iterator of batches, yielded as they become ready."""
 
-    def finish(self, ctx: StepContext) -> Batch | None:
+    def finish(self, ctx: StepContext) -> Batch | Iterable[Batch] | None:
         """Called once at end of input; stateful operators emit what they still hold."""
         return None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -75,6 +75,8 @@ class InferOperator(Operator):
         """Job id → (first seq, watermark before it), for jobs the pool has not returned."""
         self._generation_of_job: dict[int, int] = {}
         self._done: list[pl.DataFrame] = []
+        self._cut: tuple[int, int | None] | None = None
+        """A model batch cut from the batcher and waiting for a free slot."""
         self._input_watermark: int | None = None
         self._origin: Origin | None = None
         self._size_cap: int | None = None
@@ -86,6 +88,7 @@ class InferOperator(Operator):
         self._revision: int | None = None
         self._last_swap_check = 0.0
         self._ordered = batching.bucket_by is None and workers == 1
+        self.max_in_flight = batching.max_in_flight or 2 * workers
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, wake: Callable[[], None], abort: threading.Event) -> None:
@@ -95,7 +98,7 @@ class InferOperator(Operator):
             concurrency=self.concurrency,
             device=self.device,
             outputs=self.outputs,
-            max_in_flight=self.batching.max_in_flight or 2 * self.workers,
+            max_in_flight=self.max_in_flight,
             split_all=self.on_error == "dlq",
             on_done=wake,
             abort=abort,
@@ -121,16 +124,15 @@ class InferOperator(Operator):
             self.pool = None
 
     # -- the operator contract --------------------------------------------------------------
-    def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
+    def process(self, batch: Batch, ctx: StepContext) -> Iterator[Batch]:
         now = time.monotonic()
+        if self._next_seq == 0:
+            self._check_columns(batch.df)
         self.records_in += batch.df.height
         self.metrics_.arrived(now)
         self._origin = batch.origin or self._origin
         if batch.watermark is not None:
             self._input_watermark = batch.watermark
-        missing = [c for c in self.inputs if c not in batch.df.columns]
-        if missing:
-            raise StepError(self.step, KeyError(f"input columns {missing} not in the stream ({batch.df.columns})"))
         n = batch.df.height
         # Eager column building throughout: polars' lazy path costs ~50 µs per call, which at a
         # few thousand batches per second is the pipeline's whole overhead budget.
@@ -144,25 +146,45 @@ class InferOperator(Operator):
         self.batcher.add(rows, now)
         return self._advance(ctx, now)
 
-    def on_watermark(self, watermark: int, ctx: StepContext) -> Batch | None:
+    def on_watermark(self, watermark: int, ctx: StepContext) -> Iterator[Batch]:
         self._input_watermark = watermark
         return self._advance(ctx, time.monotonic())
 
-    def on_tick(self, ctx: StepContext) -> Batch | None:
+    def on_tick(self, ctx: StepContext) -> Iterator[Batch]:
         return self._advance(ctx, time.monotonic())
 
     def next_timer_s(self) -> float | None:
         deadline = self.batcher.next_deadline()
         return None if deadline is None else deadline - time.monotonic()
 
-    def finish(self, ctx: StepContext) -> Batch | None:
+    def finish(self, ctx: StepContext) -> Iterator[Batch]:
         self._maybe_swap(time.monotonic())
         for model_batch in self.batcher.take_all(self._size_cap):
-            self._submit(model_batch)
+            yield from self._submit_when_free(model_batch, ctx)
         assert self.pool is not None
         while self._in_flight:
             self._collect(ctx, self.pool.results.get())
-        return self._emit(time.monotonic())
+            ready = self._emit(time.monotonic())
+            if ready is not None and ready.df.height:
+                yield ready
+        final = self._emit(time.monotonic())
+        if final is not None:
+            yield final
+
+    def _check_columns(self, df: pl.DataFrame) -> None:
+        """Wiring errors surface on the first batch, with what to do, rather than deep in a join."""
+        missing = [c for c in self.inputs if c not in df.columns]
+        if missing:
+            raise StepError(self.step, KeyError(f"input columns {missing} not in the stream ({df.columns})"))
+        added = [*self.outputs, *([self.version_column] if self.version_column else [])]
+        clashing = [c for c in added if c in df.columns]
+        if clashing:
+            hint = (
+                "pass version_column='...' (or None)"
+                if self.version_column in clashing
+                else "name the outputs differently (outputs=...)"
+            )
+            raise StepError(self.step, ValueError(f"columns {clashing} exist already in the stream: {hint}"))
 
     def state_size(self) -> int:
         return self.batcher.pending + sum(1 for _ in self._in_flight)
@@ -174,16 +196,33 @@ class InferOperator(Operator):
         return out
 
     # -- batching and collecting ------------------------------------------------------------
-    def _advance(self, ctx: StepContext, now: float) -> Batch | None:
-        """Collect finished batches, cut and submit what is full or due, and emit what is ready."""
+    def _advance(self, ctx: StepContext, now: float) -> Iterator[Batch]:
+        """Collect finished batches, cut and submit what is full or due, and emit what is ready.
+
+        A generator: when the pool is full, what is ready leaves *before* the step blocks for a
+        free slot, so one big input batch streams out as its model batches finish."""
         self._maybe_swap(now)
         while True:
             self._drain(ctx)  # between submissions: a size failure lowers the cap at once
             model_batch = self.batcher.next_full(self._size_cap) or self.batcher.next_due(now, self._size_cap)
             if model_batch is None:
                 break
-            self._submit(model_batch)
-        return self._emit(time.monotonic())
+            yield from self._submit_when_free(model_batch, ctx)
+        final = self._emit(time.monotonic())
+        if final is not None:
+            yield final
+
+    def _submit_when_free(self, model_batch: ModelBatch, ctx: StepContext) -> Iterator[Batch]:
+        if len(self._in_flight) >= self.max_in_flight:
+            # Cut but not yet submitted: its rows are outstanding too, or later rows would pass them.
+            self._cut = (model_batch.first_seq, model_batch.first_watermark)
+            try:
+                ready = self._emit(time.monotonic())
+            finally:
+                self._cut = None
+            if ready is not None and ready.df.height:
+                yield ready
+        self._submit(model_batch)
 
     def _submit(self, model_batch: ModelBatch) -> None:
         assert self.pool is not None
@@ -224,9 +263,11 @@ class InferOperator(Operator):
         if outcome.smallest_failed_size is not None:
             cap = max(1, outcome.smallest_failed_size // 2)
             self._size_cap = cap if self._size_cap is None else min(self._size_cap, cap)
-        self.metrics_.batch_done(
-            rows.height, done.started - model_batch.oldest_arrival, done.finished - done.started, outcome.splits, errors
-        )
+        assert self.pool is not None
+        loaded = self.pool.ready_at.get(job.generation, 0.0)
+        self.metrics_.model_ready(loaded)
+        waited = done.started - max(model_batch.oldest_arrival, loaded)
+        self.metrics_.batch_done(rows.height, waited, done.finished - done.started, outcome.splits, errors)
         del self._in_flight[job.id]
         generation = self._generation_of_job.pop(job.id)
         self._jobs_per_generation[generation] -= 1
@@ -262,6 +303,8 @@ class InferOperator(Operator):
     def _outstanding(self) -> tuple[int, int | None] | None:
         """``(seq, watermark before it)`` of the earliest row not yet scored."""
         candidates = list(self._in_flight.values())
+        if self._cut is not None:
+            candidates.append(self._cut)
         queued = self.batcher.oldest()
         if queued is not None:
             candidates.append(queued)

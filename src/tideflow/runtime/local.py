@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,8 +293,7 @@ class _StageWorker(_Worker):
                 flushed = op.finish(self.ctx)
                 if op.side_outputs:
                     self._route_side_outputs(op)
-                if flushed is not None:
-                    self._push(flushed, index + 1)
+                self._deliver(op, flushed, index + 1)
         finally:
             for op in self.ops:
                 op.close()
@@ -313,8 +312,7 @@ class _StageWorker(_Worker):
             out = op.on_tick(self.ctx)
             if op.side_outputs:
                 self._route_side_outputs(op)
-            if out is not None:
-                self._push(out, index + 1)
+            self._deliver(op, out, index + 1)
 
     def _route_side_outputs(self, op: Operator) -> None:
         """Deliver side outputs; one nobody consumes goes to the dead letters, never nowhere."""
@@ -348,9 +346,12 @@ class _StageWorker(_Worker):
 
         A batch without rows carries only a watermark: when a step keeps no rows of a batch, the
         watermark still moves on, so event-time steps after it fire without waiting for data.
+        An operator may return several batches as they become ready (an iterator: the ``infer``
+        step while it waits for its model); each goes on downstream before the next is asked for.
         """
         current = batch
-        for op in self.ops[first_op:]:
+        for index in range(first_op, len(self.ops)):
+            op = self.ops[index]
             if current.df.height:
                 result = op.process(current, self.ctx)
             elif current.watermark is not None:
@@ -359,6 +360,9 @@ class _StageWorker(_Worker):
                 return
             if op.side_outputs:
                 self._route_side_outputs(op)
+            if result is not None and not isinstance(result, Batch):
+                self._deliver_each(op, result, index + 1, current)
+                return
             if result is None or result.df.height == 0:
                 watermark = current.watermark if result is None else result.watermark
                 current = Batch(pl.DataFrame(), None, watermark, current.input, current.idle_ms)
@@ -372,6 +376,27 @@ class _StageWorker(_Worker):
                 self.forwarded = max(self.forwarded, current.watermark)
         else:
             self._write(current)
+
+    def _deliver(self, op: Operator, result: Batch | Iterable[Batch] | None, next_op: int) -> None:
+        """Send what an operator's ``finish`` or ``on_tick`` returned on to the ops after it."""
+        if result is None:
+            return
+        if isinstance(result, Batch):
+            self._push(result, next_op)
+            return
+        self._deliver_each(op, result, next_op, None)
+
+    def _deliver_each(self, op: Operator, results: Iterable[Batch], next_op: int, source: Batch | None) -> None:
+        for part in results:
+            if op.side_outputs:
+                self._route_side_outputs(op)
+            if part.df.height == 0 and part.watermark is None:
+                continue
+            if source is not None and part.df.height == 0:
+                part = Batch(part.df, None, part.watermark, source.input, source.idle_ms)
+            self._push(part, next_op)
+        if op.side_outputs:
+            self._route_side_outputs(op)
 
     def _forward_watermark(self, batch: Batch) -> None:
         """Pass on a watermark advance without rows (only when it moved, and not to sinks)."""

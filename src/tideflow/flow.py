@@ -382,6 +382,26 @@ class Stream:
             )
         )
 
+    def detect_drift(
+        self,
+        step: str,
+        *,
+        on: str,
+        detector: Any,
+        on_error: OnError | None = None,
+    ) -> Stream:
+        """The stream of drift events in column ``on`` (per key after ``key_by``).
+
+        ``detector``: ``tdf.ai.drift.adwin()``, ``page_hinkley()``, ``kswin()`` (changes in a
+        signal such as a model's error) or ``PopulationStability(...)``,
+        ``KolmogorovSmirnov(...)`` (a feature's distribution against a reference window); one
+        copy per key. Event columns: step, column, key, detector, index (values seen for that
+        key, 0-based), at (the row's event time), evidence (JSON: the detector's statistics).
+        """
+        from .ops.drift import detect_drift
+
+        return detect_drift(self, step, on=on, detector=detector, on_error=on_error)
+
     def stateful_map(
         self,
         step: str,

@@ -4,6 +4,7 @@ Every adapter imports its framework only when a model is loaded, so ``import tid
 on the core install; a missing framework raises :class:`MissingExtra` naming the extra to install.
 """
 
+from . import drift
 from ._imports import MissingExtra
 from .base import Batching, BatchTooLarge, ModelHandler
 from .function import BatchFunction
@@ -29,6 +30,7 @@ __all__ = [
     "SentenceTransformerEncoder",
     "SklearnModel",
     "TorchModel",
+    "drift",
     "minilm_int8_onnx_path",
     "minilm_tokenizer_path",
 ]

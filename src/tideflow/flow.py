@@ -402,6 +402,35 @@ class Stream:
 
         return detect_drift(self, step, on=on, detector=detector, on_error=on_error)
 
+    def retrain(
+        self,
+        step: str,
+        policy: Any,
+        *,
+        inputs: str | Sequence[str],
+        label: str,
+        drift: Stream | None = None,
+        on_error: OnError | None = None,
+    ) -> Stream:
+        """Keep a registered model fresh: ``policy`` (``tdf.ai.RetrainPolicy``) retrains a
+        challenger on this stream's recent labelled rows when ``drift`` (a stream of drift
+        events) fires or on its schedule, compares it with the champion in shadow mode, and
+        promotes or rejects it through the registry (and rolls back a promotion that
+        disappoints). Returns the stream of decisions: action, model, champion, version,
+        labelled_rows, reason, evidence (JSON).
+        """
+        from .ops.retrain import retrain
+
+        return retrain(
+            self,
+            step,
+            policy,
+            inputs=list(inputs) if not isinstance(inputs, str) else inputs,
+            label=label,
+            drift=drift,
+            on_error=on_error,
+        )
+
     def stateful_map(
         self,
         step: str,

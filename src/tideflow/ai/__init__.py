@@ -10,6 +10,7 @@ from .base import Batching, BatchTooLarge, ModelHandler
 from .function import BatchFunction
 from .onnx import OnnxModel
 from .registry import ModelRegistry, ModelVersion, RegisteredModel
+from .retrain import RetrainPolicy
 from .river import RiverModel
 from .sklearn import SklearnModel
 from .text import MiniLMOnnxEncoder, SentenceTransformerEncoder, minilm_int8_onnx_path, minilm_tokenizer_path
@@ -26,6 +27,7 @@ __all__ = [
     "ModelVersion",
     "OnnxModel",
     "RegisteredModel",
+    "RetrainPolicy",
     "RiverModel",
     "SentenceTransformerEncoder",
     "SklearnModel",

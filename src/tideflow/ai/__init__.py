@@ -8,6 +8,7 @@ from . import drift
 from ._imports import MissingExtra
 from .base import Batching, BatchTooLarge, ModelHandler
 from .function import BatchFunction
+from .labels import LabelledPredictions, join_labels
 from .onnx import OnnxModel
 from .registry import ModelRegistry, ModelVersion, RegisteredModel
 from .retrain import RetrainPolicy
@@ -20,6 +21,7 @@ __all__ = [
     "BatchFunction",
     "BatchTooLarge",
     "Batching",
+    "LabelledPredictions",
     "MiniLMOnnxEncoder",
     "MissingExtra",
     "ModelHandler",
@@ -33,6 +35,7 @@ __all__ = [
     "SklearnModel",
     "TorchModel",
     "drift",
+    "join_labels",
     "minilm_int8_onnx_path",
     "minilm_tokenizer_path",
 ]

@@ -257,3 +257,32 @@ def test_union_of_a_stream_with_itself_delivers_it_twice() -> None:
     src.union("twice", src).sink("out", out)
     flow.run(handle_signals=False)
     assert sorted(r["x"] for r in out.records) == sorted([*range(5), *range(5)])
+
+
+def test_map_batches_same_rows_false_never_lends_one_row_position_to_another() -> None:
+    data = [{"g": i % 2, "v": i} for i in range(4)]
+
+    def reshape(df: pl.DataFrame) -> pl.DataFrame:  # four rows in, four other rows out
+        sums = df.group_by("g", maintain_order=True).agg(pl.col("v").sum())
+        return pl.concat([sums, sums])
+
+    def positions_of_failures(same_rows: bool | None) -> list[str | None]:
+        flow = tdf.Flow("reshape")
+        dead = tdf.io.MemorySink()
+        stream = flow.source("src", tdf.io.MemorySource(data, batch_size=4))
+        stream.map_batches("totals", reshape, same_rows=same_rows).map("fail", lambda r: 1 / 0).sink(
+            "out", tdf.io.NullSink()
+        )
+        flow.dead_letters().sink("dlq", dead)
+        flow.run(handle_signals=False)
+        return [d["position"] for d in dead.records]
+
+    assert positions_of_failures(None) == ["index 0", "index 1", "index 2", "index 3"]  # assumed row for row
+    assert positions_of_failures(False) == [None, None, None, None]  # not: the positions would be wrong
+
+    flow = tdf.Flow("strict", on_error="fail")
+    flow.source("src", tdf.io.MemorySource(data)).map_batches("drop", lambda df: df.head(1), same_rows=True).sink(
+        "out", tdf.io.NullSink()
+    )
+    with pytest.raises(tdf.StepError, match="same_rows=True"):
+        flow.run(handle_signals=False)

@@ -4,7 +4,7 @@ Columnar micro-batches inside, simple records outside: build a ``Flow`` of named
 embedded, and every record ends up either in an output or in the dead letters.
 """
 
-from . import agg, ai, io
+from . import agg, ai, anomaly, eval, forecast, io
 from .ai.base import Batching
 from .errors import FlowDefinitionError, StepError, TideflowError
 from .flow import Flow, Stream
@@ -28,6 +28,9 @@ __all__ = [
     "__version__",
     "agg",
     "ai",
+    "anomaly",
+    "eval",
+    "forecast",
     "io",
     "windows",
 ]

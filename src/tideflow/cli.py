@@ -37,9 +37,11 @@ stderr = Console(stderr=True)
 
 def _add_command_groups() -> None:
     from .ai.registry_cli import models_app
+    from .apps.telemetry_cli import apps_app
     from .bench.cli import bench_app
 
     app.add_typer(models_app, name="models")
+    app.add_typer(apps_app, name="apps")
     app.add_typer(bench_app, name="bench")
 
 

@@ -240,15 +240,22 @@ class Stream:
         fn: Callable[[Any], Any],
         *,
         format: Literal["polars", "arrow"] = "polars",
+        same_rows: bool | None = None,
+        stateful: bool = False,
         on_error: OnError | None = None,
     ) -> Stream:
         """Apply ``fn`` to whole batches (a polars DataFrame, or an Arrow table with format="arrow").
 
         The function should treat rows independently: on an error the engine bisects the batch
-        to find the failing rows and sends only those to dead letters.
+        to find the failing rows and sends only those to dead letters. ``same_rows``: whether
+        output row i is input row i (which keeps its source position and watermark). ``None``
+        assumes so when the row count is unchanged; pass ``False`` for a function that reshapes
+        rows (one output per group, say), ``True`` to have a changed count raise. ``stateful``:
+        the function keeps state across batches (a detector learning each series), so a failing
+        batch is not bisected and retried (that would feed it rows twice): all its rows fail.
         """
         _check_callable(step, fn)
-        return self._then(step, "map_batches", on_error, fn=fn, format=format)
+        return self._then(step, "map_batches", on_error, fn=fn, format=format, same_rows=same_rows, stateful=stateful)
 
     def with_columns(self, step: str, *exprs: pl.Expr, on_error: OnError | None = None, **named: pl.Expr) -> Stream:
         """Add or replace columns computed by polars expressions (row-wise expressions)."""

@@ -394,7 +394,8 @@ def test_the_cli_summary_shows_the_model_steps(tmp_path) -> None:  # type: ignor
         "import tideflow as tdf\n"
         "flow = tdf.Flow('p')\n"
         "flow.source('s', tdf.io.MemorySource([{'x': i} for i in range(500)])).infer(\n"
-        "    'score', tdf.ai.BatchFunction(lambda a: a[:, 0] * 2, input='numpy', version='7'), inputs='x', outputs='y'\n"
+        "    'score', tdf.ai.BatchFunction(lambda a: a[:, 0] * 2, input='numpy', version='7'),\n"
+        "    inputs='x', outputs='y',\n"
         ").sink('o', tdf.io.NullSink())\n"
     )
     table = CliRunner().invoke(app, ["run", str(pipeline), "--quiet"])

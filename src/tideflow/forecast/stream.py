@@ -103,8 +103,9 @@ def forecast_stream(
             "create them with max_horizon=horizon or more"
         )
     state = KeyedForecasters(forecaster_factory, keys=keys, on=on, time=time, horizon=horizon, every=every)
-    wide = stream.map_batches(step, state.process, on_error=on_error)
-    return wide.map_batches(f"{step}.rows", _Explode(keys, time, interval_ms, horizon), on_error=on_error)
+    wide = stream.map_batches(step, state.process, on_error=on_error)  # validates before learning: safe to bisect
+    explode = _Explode(keys, time, interval_ms, horizon)
+    return wide.map_batches(f"{step}.rows", explode, same_rows=False, on_error=on_error)
 
 
 class KeyedForecasters:

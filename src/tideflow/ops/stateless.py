@@ -16,13 +16,12 @@ import pyarrow as pa
 
 from .._columns import records_to_frame
 from .._gc import gc_paused
-from ..errors import FlowDefinitionError
+from ..errors import BatchRejected, FlowDefinitionError
 from ..record import HIDDEN_PREFIX, POSITION, WATERMARK, Batch, strip_hidden, to_records
-from .base import RECORD_ERRORS, OnError, Operator, StepContext, isolate_failures
+from .base import FATAL_ERRORS, RECORD_ERRORS, OnError, Operator, StepContext, isolate_failures
 
 ExprKind = Literal["filter", "with_columns", "select"]
 RecordKind = Literal["map", "filter", "flat_map"]
-
 
 
 class ExprStep:
@@ -238,11 +237,19 @@ def _apply_record_step(step: RecordStep, items: list[dict[str, Any]]) -> Iterabl
 class MapBatches(Operator):
     """A user function over a whole batch, as a polars DataFrame or an Arrow table."""
 
-    def __init__(self, step: str, fn: Callable[[Any], Any], on_error: OnError, format: str = "polars") -> None:
+    def __init__(
+        self,
+        step: str,
+        fn: Callable[[Any], Any],
+        on_error: OnError,
+        format: str = "polars",
+        same_rows: bool | None = None,
+        stateful: bool = False,
+    ) -> None:
         super().__init__(step, on_error)
         if format not in ("polars", "arrow"):
             raise FlowDefinitionError(f"map_batches format must be 'polars' or 'arrow', got {format!r}")
-        self.fn, self.format = fn, format
+        self.fn, self.format, self.same_rows, self.stateful = fn, format, same_rows, stateful
 
     def _apply(self, df: pl.DataFrame) -> pl.DataFrame:
         visible = strip_hidden(df)
@@ -254,7 +261,11 @@ class MapBatches(Operator):
             raise TypeError(
                 f"map_batches function must return a polars DataFrame or Arrow table, got {type(result).__name__}"
             )
-        if result.height == df.height:
+        if self.same_rows and result.height != df.height:
+            raise BatchRejected(
+                f"map_batches(same_rows=True): the function returned {result.height} rows for {df.height}"
+            )
+        if result.height == df.height and self.same_rows is not False:
             return carry_hidden(df, result, None)
         # Rows were added or removed: which input row an output row came from is unknown, so
         # positions are dropped and every row gets the watermark before the batch (coarser
@@ -266,7 +277,16 @@ class MapBatches(Operator):
 
     def process(self, batch: Batch, ctx: StepContext) -> Batch | None:
         self.records_in += batch.df.height
-        parts, failures = isolate_failures(self._apply, batch.df)
+        if self.stateful:
+            # Retrying halves would feed a stateful function the same rows twice: all or nothing.
+            try:
+                parts, failures = [self._apply(batch.df)], []
+            except FATAL_ERRORS:
+                raise
+            except RECORD_ERRORS as error:
+                parts, failures = [], [(batch.df, error)]
+        else:
+            parts, failures = isolate_failures(self._apply, batch.df)
         for rows, error in failures:
             ctx.reject_rows(self.step, self.on_error, error, rows, batch.origin)
         parts = [p for p in parts if p.height]

@@ -78,7 +78,11 @@ class Stage:
             else:
                 close_runs()
                 if node.kind == "map_batches":
-                    ops.append(MapBatches(node.name, p["fn"], node.on_error, p["format"]))
+                    ops.append(
+                        MapBatches(
+                            node.name, p["fn"], node.on_error, p["format"], p.get("same_rows"), p.get("stateful", False)
+                        )
+                    )
                 elif node.kind == "branch":
                     ops.append(BranchMask(node.name, p["predicate"], node.on_error))
                 elif node.kind == "branch_side":

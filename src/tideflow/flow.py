@@ -438,6 +438,23 @@ class Stream:
             on_error=on_error,
         )
 
+    def detect_anomalies(self, step: str, detector: Callable[[], Any], **options: Any) -> Stream:
+        """Add ``anomaly_score`` and ``is_anomaly`` per series: ``detector`` makes one detector
+        per key (``tdf.anomaly.SeasonalBaseline`` ...). Options: ``key``, ``on``, ``time``,
+        ``calibrator`` (see ``tideflow.anomaly.stream.detect_anomalies``)."""
+        from .anomaly.stream import detect_anomalies
+
+        return detect_anomalies(self, step, detector, **options)
+
+    def forecast(self, step: str, forecaster: Callable[[], Any], *, interval: Duration, **options: Any) -> Stream:
+        """Forecast a series ``horizon`` points ahead as its points arrive (one forecaster per
+        key): rows with ``target_time``, ``forecast``, ``lower``, ``upper``. ``interval`` is the
+        series' spacing. Options: ``key``, ``on``, ``time``, ``horizon``, ``every`` (see
+        ``tideflow.forecast.stream.forecast_stream``)."""
+        from .forecast.stream import forecast_stream
+
+        return forecast_stream(self, step, forecaster, interval=interval, **options)
+
     def stateful_map(
         self,
         step: str,

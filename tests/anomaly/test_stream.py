@@ -83,3 +83,26 @@ def test_missing_values_get_no_score_and_are_not_learnt() -> None:
     expected = detector().score(np.array(kept))
     got = frame.filter(pl.col("value").is_not_null())["anomaly_score"].fill_null(np.nan).to_numpy()
     np.testing.assert_array_equal(got, expected)
+
+
+def test_stream_methods_forward_to_the_detector_and_forecaster_steps() -> None:
+    import tideflow as tdf
+
+    rows = [{"series": "a", "timestamp": i * 60_000, "value": float(i % 10)} for i in range(600)]
+    rows[500]["value"] = 1000.0
+    flow = tdf.Flow("methods")
+    scored, forecasts = tdf.io.MemorySink(), tdf.io.MemorySink()
+    source = flow.source("s", tdf.io.MemorySource(rows, time="timestamp"), watermark=tdf.Monotonic())
+    source.detect_anomalies("detect", tdf.anomaly.RobustZScore).sink("scored", scored)
+    source.forecast(
+        "forecast",
+        lambda: tdf.forecast.SeasonalNaive(period=10),
+        interval="1m",
+        key="series",
+        time="timestamp",
+        horizon=2,
+    ).sink("forecasts", forecasts)
+    flow.run(handle_signals=False)
+    flagged = scored.frame.filter("is_anomaly").get_column("timestamp").to_list()
+    assert flagged == [500 * 60_000]
+    assert forecasts.frame.height == 2 * 600

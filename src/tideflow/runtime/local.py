@@ -282,7 +282,11 @@ class _StageWorker(_Worker):
                 index, item = got
                 if item is _END:
                     ended += 1
-                    self.inputs.end(index)
+                    advanced = self.inputs.end(index)
+                    if advanced is not None and ended < self.producers:
+                        # The ended input no longer holds the others back: fire what is due now,
+                        # not when (if ever) another input sends something.
+                        self._push(Batch(pl.DataFrame(), None, advanced), 0)
                     continue
                 item = self.inputs.arrive(index, item)
                 if self.union_stats is not None:
@@ -450,8 +454,18 @@ class InputWatermarks:
         started = time.monotonic()
         self.last_seen = [started] * count
 
-    def end(self, index: int) -> None:
+    def end(self, index: int) -> int | None:
+        """Input ``index`` ended (it counts as +∞ from now on); returns the combined watermark
+        if that moved it forward, else None."""
         self.ended[index] = True
+        if self.count == 1 or all(self.ended):
+            return None
+        now = time.monotonic()
+        combined = min(self._effective(i, now) for i in range(self.count))
+        if combined <= self.floor:
+            return None
+        self.floor = combined
+        return combined
 
     def _effective(self, index: int, now: float) -> int:
         if self.ended[index]:

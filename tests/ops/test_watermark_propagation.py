@@ -63,3 +63,37 @@ def test_window_join_fires_when_an_upstream_filter_drops_the_record_that_moved_t
     runner.join(10)
     assert runner.error is None
     assert [(r["t"], r["t_right"], r["x"]) for r in out.records] == [(1_000, 2_000, "r")]
+
+
+def test_a_join_fires_when_its_other_input_ends_after_the_watermark_moved() -> None:
+    """The other input's end, arriving last, is what lets the window close: nothing else comes."""
+    resume = threading.Event()
+    left_passed = threading.Event()
+
+    def left_rows() -> Any:
+        yield {"k": 1, "t": 1_000}
+        yield {"k": 1, "t": 15_000}
+        resume.wait(30)
+
+    def right_rows() -> Any:
+        yield {"k": 1, "t": 2_000, "x": "r"}
+        left_passed.wait(30)  # end only once the left side's watermark has gone by
+
+    def mark(record: dict) -> dict:
+        if record["t"] == 15_000:
+            left_passed.set()
+        return record
+
+    flow = tdf.Flow("wm-on-end")
+    wm = tdf.BoundedOutOfOrder("0s")
+    left = flow.source("left", tdf.io.IterableSource(left_rows(), time="t", batch_size=1), watermark=wm)
+    right = flow.source("right", tdf.io.IterableSource(right_rows(), time="t", batch_size=1), watermark=wm)
+    out = tdf.io.MemorySink()
+    left.map("mark", mark).window_join("pairs", right, on="k", window="10s").sink("out", out)
+    runner = FlowThread(flow)
+    runner.start()
+    wait_until(lambda: len(out) == 1, what="the window join to fire when the right input ended")
+    resume.set()
+    runner.join(10)
+    assert runner.error is None
+    assert [(r["t"], r["t_right"], r["x"]) for r in out.records] == [(1_000, 2_000, "r")]

@@ -66,7 +66,8 @@ def test_window_join_fires_when_an_upstream_filter_drops_the_record_that_moved_t
 
 
 def test_a_join_fires_when_its_other_input_ends_after_the_watermark_moved() -> None:
-    """The other input's end, arriving last, is what lets the window close: nothing else comes."""
+    """End to end: the window closes although the left input sends nothing after its watermark
+    moved (whichever of the two arrives first at the join: the unit test below pins the order)."""
     resume = threading.Event()
     left_passed = threading.Event()
 
@@ -97,3 +98,15 @@ def test_a_join_fires_when_its_other_input_ends_after_the_watermark_moved() -> N
     runner.join(10)
     assert runner.error is None
     assert [(r["t"], r["t_right"], r["x"]) for r in out.records] == [(1_000, 2_000, "r")]
+
+
+def test_the_end_of_an_input_releases_the_combined_watermark() -> None:
+    from tideflow.record import WATERMARK, Batch
+    from tideflow.runtime.local import InputWatermarks
+
+    inputs = InputWatermarks(2)
+    inputs.arrive(1, Batch(pl.DataFrame({"t": [2_000], WATERMARK: [0]}), None, 2_000))
+    held = inputs.arrive(0, Batch(pl.DataFrame({"t": [15_000], WATERMARK: [1_000]}), None, 15_000))
+    assert held.watermark == 2_000  # the right input holds the left one back
+    assert inputs.end(1) == 15_000  # once it ends, the left input's watermark is the combined one
+    assert inputs.end(0) is None  # all ended: the step finishes instead

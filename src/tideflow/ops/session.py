@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from ..record import WATERMARK, Batch
-from ..time.watermarks import END_OF_TIME, event_time_ms
+from ..time.watermarks import END_OF_TIME, NO_WATERMARK, event_time_ms
 from .aggregation import ORDINAL, AggPlan
 from .base import OnError, Operator, StepContext
 from .window import GLOBAL_KEY
@@ -338,7 +338,8 @@ class SessionWindowOp(Operator):
         return Batch(out, None, watermark, 0, idle_ms)
 
     def finish(self, ctx: StepContext) -> Batch | None:
-        self._fire(END_OF_TIME, END_OF_TIME - 1, END_OF_TIME)
+        # Rows keep the last real watermark, so downstream event-time steps take them on time.
+        self._fire(END_OF_TIME, getattr(self, "_last_watermark", NO_WATERMARK), END_OF_TIME)
         self._evaluate(None)
         self.sessions.clear()
         self.timers.clear()

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from ..record import WATERMARK, Batch
-from ..time.watermarks import END_OF_TIME, event_time_ms
+from ..time.watermarks import END_OF_TIME, NO_WATERMARK, event_time_ms
 from ..time.windows import Sliding, Tumbling
 from .aggregation import ORDINAL, AggPlan
 from .base import OnError, Operator, StepContext
@@ -119,6 +119,11 @@ class PaneWindowOp(Operator):
         t = event_time_ms(df.get_column(self.time)).to_numpy()
         before = df.get_column(WATERMARK).to_numpy()
         after = np.append(before[1:], batch.watermark if batch.watermark is not None else before[-1])
+        if self.fire_heap and self.fire_heap[0] <= before[0]:
+            # The watermark moved on between batches (an upstream window's results carry the
+            # watermark of their firing; processing time is the clock): windows it passed fire
+            # now, before these rows, and before their panes are freed below.
+            self._fire(int(before[0]), getattr(self, "_last_watermark", int(before[0])))
         pane = (t - self.offset) // self.every * self.every + self.offset
         dropped = before >= pane + self.size + self.lateness
         updating = ~dropped & (before >= pane + self.every)
@@ -304,7 +309,9 @@ class PaneWindowOp(Operator):
 
     def finish(self, ctx: StepContext) -> Batch | None:
         """End of input: the watermark goes to +∞, every window fires, all state is freed."""
-        self._fire(END_OF_TIME, END_OF_TIME - 1)
+        # The rows' watermark is the last real one: downstream event-time steps must see them as
+        # on time (as they would have been, had the input gone on), not as after +∞.
+        self._fire(END_OF_TIME, getattr(self, "_last_watermark", NO_WATERMARK))
         self._collect_garbage(END_OF_TIME)
         return self._flush(Batch(pl.DataFrame(), watermark=END_OF_TIME))
 

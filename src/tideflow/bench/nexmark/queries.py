@@ -13,18 +13,15 @@ docstring says how, and what its output holds.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import polars as pl
 
 import tideflow as tdf
 
-from ...io.base import Sink, Source, SourceContext
+from ...io.base import Sink, Source
 from ...io.memory import MemorySource
-from ...record import WATERMARK, Origin
-from ...time.watermarks import event_time_ms
 from .generator import TIME, Kind, NexmarkConfig
 from .source import NexmarkSource
 
@@ -83,64 +80,7 @@ class Inputs:
     def bids(self) -> tdf.Stream:
         return self.stream("bid")
 
-    def arrivals(self, kind: Kind) -> tdf.Stream:
-        """The events of ``kind`` with ``p_time``, the wall clock when they were read, as their
-        time (a monotonic watermark): for processing-time windows (see :func:`q12`)."""
-        step = f"{self.STEPS[kind]}-arrivals"
-        source = ProcessingTime(self._source(kind))
-        return self.flow.source(step, source, watermark=tdf.Monotonic())
 
-
-class ProcessingTime(Source):
-    """Wraps a source: adds ``p_time``, the wall clock (UTC, ms, never going back) when each batch
-    was read, and makes it the event-time column."""
-
-    COLUMN = "p_time"
-
-    def __init__(self, inner: Source) -> None:
-        self.inner = inner
-        self.time = self.COLUMN
-        self.bounded = inner.bounded
-        self.progress_unit = inner.progress_unit
-        self._last = 0
-
-    def origin(self, step: str) -> Origin:
-        return self.inner.origin(step)
-
-    def batches(self, ctx: SourceContext) -> Iterator[pl.DataFrame]:
-        for df in self.inner.batches(ctx):
-            self._last = max(self._last, time.time_ns() // 1_000_000)
-            yield df.with_columns(pl.lit(self._last, pl.Int64).cast(pl.Datetime("ms")).alias(self.COLUMN))
-
-    def progress(self) -> tuple[int, int | None]:
-        return self.inner.progress()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-def restamp(stream: tdf.Stream, step: str, time: str) -> tdf.Stream:
-    """WORKAROUND for an engine bug: a window's results flushed at end of input carry
-    ``END_OF_TIME - 1`` as their watermark (``PaneWindowOp.finish``, ``SessionWindowOp.finish``),
-    so the event-time step after the window takes them as late (a join), or loses them without a
-    dead letter (a window: it never fires the windows whose end lies below that watermark).
-
-    This step gives each batch of window results the watermark just below its earliest event
-    time (``time``), which is what they would carry without the bug or less: never late, and a
-    downstream window absorbs the batch before it fires what the batch's watermark makes due.
-    Remove it once the window operators' ``finish`` stamps the watermark they had before the end.
-    """
-
-    def stamp(df: pl.DataFrame) -> pl.DataFrame:
-        if df.height == 0:
-            return df
-        earliest = event_time_ms(df.get_column(time)).min()
-        return df.with_columns(pl.lit(int(earliest) - 1, pl.Int64).alias(WATERMARK))  # type: ignore[arg-type]
-
-    return stream.map_batches(step, stamp)
-
-
-# -- the queries --------------------------------------------------------------------------------------
 def q0(flow: tdf.Flow, inputs: Inputs, sink: Sink) -> None:
     """Pass-through: ``SELECT auction, bidder, price, dateTime, extra FROM bid``."""
     inputs.bids.select("q0", "auction", "bidder", "price", TIME, "extra").sink("sink", sink)
@@ -202,7 +142,7 @@ def q4(flow: tdf.Flow, inputs: Inputs, sink: Sink, *, max_auction_ms: int | None
     pairs = auctions.interval_join("q4-join", bids, on="auction", lower=0, upper=upper)
     pairs = pairs.filter("q4-lifetime", pl.col(f"{TIME}_right") <= pl.col("expires"))
     winning = pairs.key_by(["auction", "category"]).window("q4-winning", tdf.windows.tumbling(WINDOW))
-    closed = restamp(winning.agg(final=pl.col("price").max()), "q4-restamp", "window_end")
+    closed = winning.agg(final=pl.col("price").max())
     average = closed.key_by("category").window(
         "q4-average", tdf.windows.tumbling(FOREVER), emit="updates", update_every=1
     )
@@ -225,7 +165,7 @@ def q5(flow: tdf.Flow, inputs: Inputs, sink: Sink) -> None:
     ``auction``, ``num``, and the window's ``starttime`` and ``endtime``.
     """
     counts = inputs.bids.key_by("auction").window("q5-counts", tdf.windows.sliding(WINDOW, SLIDE))
-    hot = restamp(counts.agg(num=pl.len()), "q5-restamp", "window_end").window("q5-max", tdf.windows.tumbling(SLIDE))
+    hot = counts.agg(num=pl.len()).window("q5-max", tdf.windows.tumbling(SLIDE))
     top = hot.agg(
         auction=pl.col("auction").filter(pl.col("num") == pl.col("num").max()),
         num=pl.col("num").max(),
@@ -256,7 +196,7 @@ def q7(flow: tdf.Flow, inputs: Inputs, sink: Sink) -> None:
     window only).
     """
     maxes = inputs.bids.window("q7-max", tdf.windows.tumbling(WINDOW)).agg(maxprice=pl.col("price").max())
-    rowtime = restamp(maxes, "q7-restamp", "window_end").select(
+    rowtime = maxes.select(
         "q7-rowtime",
         pl.col("maxprice").alias("price"),
         (pl.col("window_end") - pl.duration(milliseconds=1)).alias("window_end"),
@@ -315,16 +255,10 @@ def q12(flow: tdf.Flow, inputs: Inputs, sink: Sink, *, window: str = WINDOW) -> 
                TUMBLE_END(p_time, ...) AS endtime
         FROM (SELECT *, PROCTIME() AS p_time FROM bid) GROUP BY bidder, TUMBLE(p_time, INTERVAL '10' SECOND)
 
-    WORKAROUND for an engine bug: the engine's processing-time windows
-    (``window(..., time="processing")``) lose every window whose end passes between two batches
-    before the step's timer fires it (``PaneWindowOp.process`` frees the pane without firing; a
-    run that spans window ends counts only part of its bids). So ``p_time`` is stamped here, when
-    the source reads each batch (:class:`ProcessingTime`, ingestion time), and the windows are
-    event-time windows on it. What differs: windows fire as batches arrive (and at the end of
-    input), not on a timer while the input is idle. Once the engine is fixed this is
-    ``inputs.bids.key_by("bidder").window(..., time="processing")``.
+    The windows run on the wall clock as rows reach the step and fire on time even while the
+    input is idle; results depend on timing, so the oracle checks counts per bidder only.
     """
-    windows = inputs.arrivals("bid").key_by("bidder").window("q12-windows", tdf.windows.tumbling(window))
+    windows = inputs.bids.key_by("bidder").window("q12-windows", tdf.windows.tumbling(window), time="processing")
     windows.agg(bid_count=pl.len()).select(
         "q12",
         "bidder",

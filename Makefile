@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 BENCH_VENV ?= .bench-venv
 
-.PHONY: install install-test demo test lint bench bench-env bench-inference clean
+.PHONY: install install-test demo test lint bench bench-env bench-inference bench-nexmark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench: $(STAMP) bench-env    ## stateless throughput, tideflow beside Bytewax
 
 bench-inference: $(TEST_STAMP)  ## pipeline vs raw model vs per-record calls, and latency under load
 	$(BIN)/tideflow bench inference
+
+bench-nexmark: $(TEST_STAMP) bench-env  ## NEXMark q0-q12, tideflow beside Bytewax, one core each
+	$(BIN)/python benchmarks/nexmark.py
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) build dist src/*.egg-info

@@ -26,7 +26,7 @@ hyperparameters are chosen per horizon on the validation split (lowest standardi
 small grid, then reported on the test split. ``coverage`` is the share of test actuals inside
 the forecasters' 90% prediction intervals.
 
-Usage: ``python benchmarks/ett.py [--data PATH] [--out docs/_pending/ett.md] [--quick]``
+Usage: ``python benchmarks/ett.py [--data PATH] [--out FILE.md] [--quick]``
 (``--quick``: one configuration per family, no grid).
 """
 
@@ -49,7 +49,7 @@ from tideflow.forecast import EWMA, Forecaster, Holt, LastValue, RLSAutoRegressi
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ett" / "ETTh1.csv"
-DEFAULT_OUT = ROOT / "docs" / "_pending" / "ett.md"
+DEFAULT_OUT = ROOT / "build" / "ett.md"
 
 MONTH = 30 * 24
 TRAIN_END = 12 * MONTH

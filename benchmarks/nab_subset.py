@@ -51,7 +51,7 @@ from tideflow.eval.nab import (
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_NAB = ROOT.parent / "shared" / "data" / "nab"
-DEFAULT_OUT = ROOT / "docs" / "_pending" / "nab.md"
+DEFAULT_OUT = ROOT / "build" / "nab.md"
 SCOREBOARD = (
     "ARTime 74.9, Numenta HTM 70.5, CAD OSE 69.9, earthgecko Skyline 58.2, KNN CAD 58.0, "
     "Relative Entropy 54.6, Random Cut Forest 51.7, Twitter ADVec 47.1, Windowed Gaussian 39.6, "

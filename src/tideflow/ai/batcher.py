@@ -122,12 +122,28 @@ class Batcher:
         return None
 
     def next_due(self, now: float, limit: int | None = None) -> ModelBatch | None:
-        """Rows of a bucket whose oldest row has waited ``max_wait`` or more; None if none has."""
+        """Rows of a bucket whose oldest row has waited ``max_wait`` or more; None if none has.
+
+        When that bucket holds fewer than a batch, the batch is topped up from the nearest
+        buckets (by length): at moderate rates, buckets that each flushed alone on their
+        deadline would make many tiny batches, and small batches cost more per row than a
+        little padding does."""
         size = min(self.max_size, limit) if limit else self.max_size
-        for bucket, queue in self._queues.items():
-            if now - queue[0].arrived >= self.max_wait_s:
-                return self._cut(bucket, min(size, self._counts[bucket]))
-        return None
+        due = next((b for b, q in self._queues.items() if now - q[0].arrived >= self.max_wait_s), None)
+        if due is None:
+            return None
+        if self._counts[due] >= size or self.bucket_by is None:
+            return self._cut(due, min(size, self._counts[due]))
+        parts, needed = [], size
+        for bucket in sorted(self._queues, key=lambda b: (abs(b - due), b)):
+            take = min(needed, self._counts[bucket])
+            parts.append(self._cut(bucket, take, sort=False))
+            needed -= take
+            if not needed:
+                break
+        rows = pl.concat([p.rows for p in parts], how="vertical", rechunk=False).sort(LENGTH)
+        first = min(parts, key=lambda p: p.first_seq)
+        return ModelBatch(rows, min(p.oldest_arrival for p in parts), first.first_seq, first.first_watermark)
 
     def take_all(self, limit: int | None = None) -> Iterator[ModelBatch]:
         """Everything queued, in batches of at most ``max_size`` (end of input)."""
@@ -136,7 +152,7 @@ class Batcher:
             while self._counts.get(bucket, 0):
                 yield self._cut(bucket, min(size, self._counts[bucket]))
 
-    def _cut(self, bucket: int, size: int) -> ModelBatch:
+    def _cut(self, bucket: int, size: int, *, sort: bool = True) -> ModelBatch:
         queue = self._queues[bucket]
         head = queue[0]
         oldest, first_seq, first_watermark = head.arrived, head.first_seq, head.first_watermark
@@ -159,7 +175,7 @@ class Batcher:
             del self._queues[bucket]
             del self._counts[bucket]
         rows = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical", rechunk=False)
-        if self.bucket_by is not None:
+        if self.bucket_by is not None and sort:
             rows = rows.sort(LENGTH)  # padding follows the longest row: neighbours in length share it
         return ModelBatch(rows, oldest, first_seq, first_watermark)
 

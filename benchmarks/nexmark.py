@@ -220,6 +220,7 @@ def _main(args: argparse.Namespace) -> int:
         "note": note,
     }
     if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(markdown(report))
         print(f"wrote {args.markdown}", file=log)
     if args.json:

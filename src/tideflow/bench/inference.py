@@ -65,9 +65,9 @@ class Case:
     bucket_by: str | None = None
     per_record_rows: int = 2_000
     max_wait: str = "10ms"
-    """Batching deadline. Text uses 100 ms: a batch of 32 tweets costs ~130 ms on two cores, and
-    at a few hundred tweets/s a 10 ms deadline leaves batches of two or three, which neither
-    bucketing nor batching can speed up."""
+    """Batching deadline. 10 ms for every model: measured for text too, 100 ms made the
+    arrival-order latency worse at 90% load (p99 407 ms against 61 ms) and did not rescue the
+    bucketed one (docs/benchmarks.md, inference)."""
     loaded: Any = None
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -137,7 +137,7 @@ def minilm_case(events: int, batch_size: int, threads: int, bucketed: bool) -> C
     tweets = load_tweets().head(events).select("text")
     handler = MiniLMOnnxEncoder(intra_op_threads=threads)
     name = "minilm-int8 " + ("bucketed" if bucketed else "arrival-order")
-    return Case(name, handler, tweets, ["text"], ["embedding"], batch_size, "text" if bucketed else None, 300, "100ms")
+    return Case(name, handler, tweets, ["text"], ["embedding"], batch_size, "text" if bucketed else None, 300)
 
 
 # -- measurements -------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ def inference_command(
     text_events: Annotated[int | None, typer.Option(help="Tweets for the text model (default 2,000).")] = None,
     max_wait: Annotated[
         str | None,
-        typer.Option(help="Batching deadline (max_wait) for every model (default: 10ms tabular, 100ms text)."),
+        typer.Option(help="Batching deadline (max_wait) for every model (default: 10ms)."),
     ] = None,
     repeat: Annotated[int, typer.Option(help="Runs per figure; the median is reported.")] = 3,
     threads: Annotated[int, typer.Option(help="Intra-op threads for ONNX Runtime.")] = os.cpu_count() or 1,

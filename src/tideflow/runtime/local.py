@@ -460,8 +460,9 @@ class InputWatermarks:
         self.ended[index] = True
         if self.count == 1 or all(self.ended):
             return None
-        now = time.monotonic()
-        combined = min(self._effective(i, now) for i in range(self.count))
+        # The inputs still open, at the watermarks they actually reached (idleness is judged
+        # when data arrives; here no input may be skipped past what it said).
+        combined = min(w for w, done in zip(self.watermarks, self.ended, strict=True) if not done)
         if combined <= self.floor:
             return None
         self.floor = combined

@@ -127,14 +127,32 @@ class RetrainLoop:
         self._collect_training()
 
     def rows(self, frame: pl.DataFrame) -> None:
+        """Labelled rows in stream order. They are taken in pieces that end exactly where a
+        decision is due (a schedule tick, the end of a shadow or review window, enough rows
+        after a drift), so decisions fall at the same rows however the stream was cut."""
         labelled = frame.filter(pl.col(self.label).is_not_null()).select([*self.inputs, self.label])
         self._collect_training()
-        if not labelled.height:
-            return
+        while labelled.height:
+            piece = labelled.head(self._rows_until_next_decision())
+            labelled = labelled.slice(piece.height)
+            self._take(piece)
+
+    def _rows_until_next_decision(self) -> int:
+        due = []
+        if self.policy.every:
+            due.append(self.policy.every - self.labelled % self.policy.every)
+        for trial in (self.trial, self.watch):
+            if trial is not None:
+                due.append(self.policy.shadow - len(trial.actual))
+        if self.pending is not None:
+            due.append(self.policy.min_rows - (self.labelled - max(self.pending[1], 0)))
+        return max(1, min(due, default=1 << 62))
+
+    def _take(self, labelled: pl.DataFrame) -> None:
+        before = self.labelled
+        self.labelled += labelled.height  # decisions below report the rows seen, these included
         if self.trial is not None or self.watch is not None:
             self._shadow(labelled)
-        before = self.labelled
-        self.labelled += labelled.height
         self.recent.append(labelled)
         self.recent_rows += labelled.height
         while self.recent_rows - self.recent[0].height >= self.policy.window:

@@ -121,3 +121,15 @@ class FakeRegistry:
     def revision(self) -> int:
         with self.lock:
             return self._revision
+
+
+class ScaleInProcess(Scale):
+    """``Scale`` served by worker processes: reports the worker's pid too."""
+
+    concurrency = "process"
+
+    def predict_batch(self, model: float, inputs: pl.DataFrame) -> Any:
+        import os
+
+        x = inputs.get_column("x").to_numpy()
+        return {"y": x * model, "pid": np.full(len(x), os.getpid())}

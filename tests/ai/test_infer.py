@@ -435,3 +435,48 @@ def test_outputs_that_would_overwrite_a_column_are_refused_with_a_hint() -> None
         run_infer(Scale(), data, inputs="x", outputs="z")
     out, _, _ = run_infer(Scale(), data, inputs="x", outputs="z", version_column="scale_version")
     assert out.row(0) == (1, 2.0, "a", 2.0, "v1")
+
+
+def test_hot_swap_with_process_workers() -> None:
+    import os
+
+    from .models_for_tests import ScaleInProcess
+
+    registry = FakeRegistry(ScaleInProcess(1.0, version="p:1"))
+    swapped = threading.Event()
+
+    def records():  # type: ignore[no-untyped-def]
+        for i in range(6000):
+            if i == 2000:
+                registry.promote(ScaleInProcess(10.0, version="p:2"))
+            if i == 4000:
+                assert swapped.wait(30)
+            yield {"x": i}
+
+    class Watch(tdf.io.MemorySink):
+        def write(self, df):  # type: ignore[no-untyped-def]
+            super().write(df)
+            if (df.get_column("model_version") == "p:2").any():
+                swapped.set()
+
+    flow = tdf.Flow("process-swap")
+    out = Watch()
+    flow.source("src", tdf.io.IterableSource(records(), batch_size=200, linger="1ms")).infer(
+        "score",
+        registry,
+        inputs="x",
+        outputs=["y", "pid"],
+        workers=2,
+        concurrency="process",
+        batching=tdf.Batching(max_size=100, max_wait="1ms"),
+        swap_check=0,
+    ).sink("out", out)
+    flow.run(handle_signals=False)
+    frame = out.frame
+    assert frame.get_column("x").to_list() == list(range(6000))
+    factor = frame.get_column("model_version").replace_strict({"p:1": 1.0, "p:2": 10.0}, return_dtype=pl.Float64)
+    assert (frame.get_column("y") == frame.get_column("x") * factor).all()
+    versions = frame.get_column("model_version").to_list()
+    switch = versions.index("p:2")
+    assert set(versions[switch:]) == {"p:2"}
+    assert os.getpid() not in set(frame.get_column("pid"))

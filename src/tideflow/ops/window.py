@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -41,6 +42,9 @@ COMPACT_AFTER = 16
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+SNAPSHOT_VERSION = 1
 
 
 @dataclass
@@ -317,3 +321,47 @@ class PaneWindowOp(Operator):
 
     def state_size(self) -> int:
         return sum(sum(f.height for f in p.partials) + sum(f.height for f in p.raw) for p in self.panes.values())
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The window state as plain data: panes (partial aggregates, kept rows), timers,
+        fired windows still within their lateness, counters and the last watermark. Frames
+        are immutable, so lists of them are copied, not the frames."""
+        return {
+            "kind": "window",
+            "version": SNAPSHOT_VERSION,
+            "panes": {start: (list(p.partials), list(p.raw), p.rows) for start, p in self.panes.items()},
+            "fire_heap": sorted(self.fire_heap),
+            "pending_ends": sorted(self.pending_ends),
+            "fired": sorted(self.fired),
+            "fired_gc": sorted(self.fired_gc),
+            "gc_heap": sorted(self.gc_heap),
+            "ordinal": self.ordinal,
+            "time_dtype": self.time_dtype,
+            "late_records": self.late_records,
+            "updates_emitted": self.updates_emitted,
+            "since_update": dict(self._since_update),
+            "last_watermark": getattr(self, "_last_watermark", None),
+            "clock": getattr(self, "_clock", None),
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Replace the state by ``snapshot`` (from ``snapshot()`` of a window step)."""
+        if snapshot.get("kind") != "window" or snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"step {self.step!r}: not a window snapshot (kind {snapshot.get('kind')!r})")
+        self.panes = {
+            start: _Pane(list(partials), list(raw), rows) for start, (partials, raw, rows) in snapshot["panes"].items()
+        }
+        self.fire_heap = list(snapshot["fire_heap"])  # sorted lists are valid heaps
+        self.pending_ends = set(snapshot["pending_ends"])
+        self.fired = set(snapshot["fired"])
+        self.fired_gc = list(snapshot["fired_gc"])
+        self.gc_heap = list(snapshot["gc_heap"])
+        self.ordinal = snapshot["ordinal"]
+        self.time_dtype = snapshot["time_dtype"]
+        self.late_records = snapshot["late_records"]
+        self.updates_emitted = snapshot["updates_emitted"]
+        self._since_update = dict(snapshot["since_update"])
+        for name, key in (("_last_watermark", "last_watermark"), ("_clock", "clock")):
+            if snapshot[key] is not None:
+                setattr(self, name, snapshot[key])

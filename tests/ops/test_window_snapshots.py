@@ -73,3 +73,21 @@ def test_restore_refuses_another_steps_snapshot() -> None:
     op = window_operator(tdf.windows.tumbling("10s"), 0)()
     with pytest.raises(ValueError, match="not a window snapshot"):
         op.restore({"kind": "dedupe", "version": 1})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 60_000), st.integers(0, 2)), min_size=1, max_size=80),
+    delay=st.integers(0, 15_000),
+    lateness=st.sampled_from([0, 5_000]),
+    gap=st.sampled_from([1_000, 4_000]),
+    sizes=st.lists(st.integers(1, 20), min_size=1, max_size=4),
+    cut=st.integers(0, 20),
+)
+def test_a_restored_session_window_gives_the_results_of_an_uninterrupted_one(  # type: ignore[no-untyped-def]
+    rows, delay, lateness, gap, sizes, cut
+) -> None:
+    factory = window_operator(tdf.windows.session(gap), lateness)
+    records = [{"t": t, "k": k, "v": i} for i, (t, k) in enumerate(rows)]
+    batches = make_batches(records, delay, sizes)
+    assert run(factory, batches, min(cut, len(batches))) == run(factory, batches, None)

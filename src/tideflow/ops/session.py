@@ -62,6 +62,9 @@ class _Request:
     watermark: int
 
 
+SNAPSHOT_VERSION = 1
+
+
 class SessionWindowOp(Operator):
     """Keyed (or global) session windows with exact merging and lateness."""
 
@@ -349,3 +352,69 @@ class SessionWindowOp(Operator):
 
     def state_size(self) -> int:
         return self.partial_rows + sum(len(ss) for ss in self.sessions.values())
+
+    # -- snapshots ----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The session state as plain data. Sessions are listed once, and timers and expiry
+        entries (which point at sessions, possibly merged-away ones) refer to them by index.
+        Frames are immutable: not copied."""
+        index: dict[int, int] = {}
+        table: list[tuple[Any, ...]] = []
+
+        def ref(session: _Session) -> int:
+            if id(session) not in index:
+                index[id(session)] = len(table)
+                table.append(
+                    (
+                        session.key,
+                        session.start,
+                        session.end,
+                        list(session.members),
+                        session.emitted,
+                        session.version,
+                        session.timer_pending,
+                    )
+                )
+            return index[id(session)]
+
+        open_sessions = {key: [ref(s) for s in sessions] for key, sessions in self.sessions.items()}
+        return {
+            "kind": "session",
+            "version": SNAPSHOT_VERSION,
+            "open": open_sessions,
+            "timers": sorted((end, seq, version, ref(s)) for end, seq, version, s in self.timers),
+            "expiry": sorted((at, seq, ref(s)) for at, seq, s in self.expiry),
+            "table": table,
+            "partials": list(self.partials),
+            "raw": list(self.raw),
+            "partial_rows": self.partial_rows,
+            "dead": sorted(self.dead),
+            "sequence": self._sequence,
+            "next_id": self._next_id,
+            "ordinal": self.ordinal,
+            "time_dtype": self.time_dtype,
+            "late_records": self.late_records,
+            "last_watermark": getattr(self, "_last_watermark", None),
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Replace the state by ``snapshot`` (from ``snapshot()`` of a session window step)."""
+        if snapshot.get("kind") != "session" or snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"step {self.step!r}: not a session snapshot (kind {snapshot.get('kind')!r})")
+        table = [
+            _Session(key, start, end, list(members), emitted, version, pending)
+            for key, start, end, members, emitted, version, pending in snapshot["table"]
+        ]
+        self.sessions = {key: [table[i] for i in refs] for key, refs in snapshot["open"].items()}
+        self.timers = [(end, seq, version, table[i]) for end, seq, version, i in snapshot["timers"]]
+        self.expiry = [(at, seq, table[i]) for at, seq, i in snapshot["expiry"]]
+        heapq.heapify(self.timers)
+        heapq.heapify(self.expiry)
+        self.partials, self.raw = list(snapshot["partials"]), list(snapshot["raw"])
+        self.partial_rows = snapshot["partial_rows"]
+        self.dead = set(snapshot["dead"])
+        self._sequence, self._next_id = snapshot["sequence"], snapshot["next_id"]
+        self.ordinal, self.time_dtype = snapshot["ordinal"], snapshot["time_dtype"]
+        self.late_records = snapshot["late_records"]
+        if snapshot["last_watermark"] is not None:
+            self._last_watermark = snapshot["last_watermark"]

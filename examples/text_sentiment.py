@@ -27,10 +27,10 @@ from typing import Any
 
 import polars as pl
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score
 
 import tideflow as tdf
 from tideflow.ai.tweets import LABELS, split_tweets, with_event_times
+from tideflow.apps.text import evaluate, fit_head, minute_table
 
 BATCHING = tdf.Batching(max_size=32, max_wait="20ms", bucket_by="text")
 """Up to 32 texts of similar length per model call: the encoder pads a batch to its longest text,
@@ -94,9 +94,7 @@ def embed(tweets: pl.DataFrame, encoder: tdf.ai.MiniLMOnnxEncoder, say: Say) -> 
 
 def train_head(train: pl.DataFrame, encoder: tdf.ai.MiniLMOnnxEncoder, say: Say) -> LogisticRegression:
     """A logistic regression from embedding to sentiment label, fitted on the training split."""
-    embedded = embed(train, encoder, say)
-    features = embedded.get_column("embedding").to_numpy()  # (rows, 384) float32
-    return LogisticRegression(max_iter=1000).fit(features, embedded.get_column("sentiment").to_numpy())
+    return fit_head(embed(train, encoder, say))
 
 
 # -- the live stream ------------------------------------------------------------------------------
@@ -135,23 +133,8 @@ def live_flow(test: pl.DataFrame, encoder: tdf.ai.MiniLMOnnxEncoder, head: Logis
 
 
 # -- figures --------------------------------------------------------------------------------------
-def evaluate(scored: pl.DataFrame) -> dict[str, float]:
-    """Held-out accuracy and macro-F1, beside always answering the test split's most common label."""
-    truth, predicted = scored.get_column("sentiment").to_numpy(), scored.get_column("predicted").to_numpy()
-    return {
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "macro_f1": float(f1_score(truth, predicted, labels=list(LABELS), average="macro")),
-        "majority_baseline": float(scored.get_column("sentiment").value_counts(normalize=True)["proportion"].max()),
-    }
-
-
-def minute_table(per_minute: pl.DataFrame) -> pl.DataFrame:
-    """One row per minute, one column per sentiment (0 where the minute had none of it)."""
-    wide = per_minute.pivot(on="predicted", index="window_start", values="tweets").sort("window_start")
-    return wide.select(
-        "window_start",
-        *(pl.col(label).fill_null(0) if label in wide.columns else pl.lit(0).alias(label) for label in LABELS),
-    )
+# evaluate (held-out accuracy, macro-F1, majority class) and minute_table (one row per minute, one
+# column per sentiment) come from tideflow.apps.text, shared with `tideflow demo`.
 
 
 def report(figures: dict[str, Any], minutes: pl.DataFrame, result: tdf.RunResult, show: Say) -> None:

@@ -20,7 +20,7 @@ from . import __version__
 from .errors import TideflowError
 from .flow import Flow
 from .runtime.local import RunResult
-from .ui import RunProgress, render_summary
+from .ui import RunProgress, render_demo_summary, render_summary
 
 EXIT_INTERRUPTED = 130
 
@@ -130,21 +130,36 @@ def demo_command(
         typer.Option("--speed", help="Replay speed relative to event time (default: as fast as possible)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display and no messages.")] = False,
 ) -> None:
-    """Detect anomalies in real server metrics (NAB), replayed in event time, into SQLite."""
-    from .apps.telemetry import TelemetryDemo
+    """The main job on bundled real data, as one flow: anomalies and a load forecast on server metrics
+    (NAB), and the sentiment of a tweet stream (MiniLM). Writes SQLite, Parquet and PNG charts."""
+    from .apps.demo import Demo, DemoSettings
 
-    demo = TelemetryDemo.create(out_dir=out, speed=speed)
-    if not quiet and not as_json:
-        stderr.print(f"tideflow demo: {len(demo.files)} NAB server-metric series → {demo.out_dir}")
+    if speed is not None and speed <= 0:
+        raise typer.BadParameter("must be positive", param_hint="--speed")
+
+    def say(line: str) -> None:
+        if not quiet:
+            stderr.print(line, markup=False, highlight=False)
+
+    demo = Demo(DemoSettings(out_dir=out, speed=speed), say=say)
+    say(f"tideflow demo: {len(demo.files)} NAB series, a load forecast and a tweet stream → {demo.out_dir}")
     try:
-        result = run_flow(demo.flow, quiet=quiet)
+        summary, _ = demo.run(lambda flow: run_flow(flow, quiet=quiet))
     except TideflowError as error:
         stderr.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from error
-    report = demo.report(result)
-    finish(result, as_json=as_json, extra=report)
+    except KeyboardInterrupt:
+        stderr.print("[yellow]interrupted[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if as_json:
+        stdout.print_json(json.dumps(summary, default=str))
+    else:
+        render_demo_summary(stdout, summary)
+    if summary["interrupted"]:
+        stderr.print("[yellow]interrupted: in-flight batches were finished and sinks flushed; figures are partial[/]")
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -108,3 +109,59 @@ def _model_table(steps: list[Any]) -> Table:
             f"{m['errors']:,}" if m.get("errors") else "",
         )
     return table
+
+
+def render_demo_summary(console: Console, summary: dict[str, Any]) -> None:
+    """``tideflow demo``'s summary: the figures of each branch, then where the results are."""
+    title = "tideflow demo" + (" (interrupted: partial results)" if summary.get("interrupted") else "")
+    figures = Table(title=title, show_header=False, title_justify="left")
+    figures.add_column("figure")
+    figures.add_column("value", justify="right")
+    figures.add_column("note", style="dim")
+    latency = summary.get("latency_ms") or {}
+    forecast = summary.get("forecast") or {}
+    text = summary.get("text") or {}
+    rows = [
+        ("events", f"{summary['events']:,}", f"{summary['seconds']:.1f} s, {summary['events_per_s']:,.0f}/s"),
+        ("latency p50 / p99", f"{_ms(latency.get('p50'))} / {_ms(latency.get('p99'))}", "source to sink"),
+        ("alerts", f"{summary['alerts']:,}", f"{summary.get('recalibrations', 0)} recalibrations on drift"),
+        ("NAB score", _figure(summary["nab_score"], 1), "0 never alerting, 100 perfect"),
+        ("precision", _figure(summary["precision"], 3), "alerts inside a labelled window"),
+        ("recall", _figure(summary["recall"], 3), f"{summary.get('windows_detected')} labelled windows"),
+        ("forecast MAE", _figure(summary["forecast_mae"], 3), f"last value: {_figure(forecast.get('naive_mae'), 3)}"),
+        ("text accuracy", _figure(summary["text_accuracy"], 3), _text_note(text)),
+        ("dead letters", f"{summary['dead_letters']:,}", ""),
+    ]
+    for row in rows:
+        figures.add_row(*row)
+    console.print(figures)
+    where = Table(show_header=False, box=None, title="results", title_justify="left")
+    where.add_column("what")
+    where.add_column("where", overflow="fold")
+    for name, location in (summary.get("tables") or {}).items():
+        where.add_row(name, location)
+    if text.get("head"):
+        where.add_row("sentiment head", text["head"])
+    charts = summary.get("charts") or []
+    if charts:
+        where.add_row("charts", f"{len(charts)} PNG files in {Path(charts[0]).parent}")
+    elif summary.get("charts_note"):
+        where.add_row("charts", summary["charts_note"])
+    console.print(where)
+    database = summary.get("database")
+    if database:
+        console.print(f'try: sqlite3 {database} "SELECT series, COUNT(*) AS alerts FROM alerts GROUP BY series"')
+
+
+def _figure(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f} ms"
+
+
+def _text_note(text: dict[str, Any]) -> str:
+    if text.get("accuracy") is None:
+        return "skipped" if str(text.get("head", "")).startswith("skipped") else ""
+    return f"majority class: {_figure(text.get('majority_baseline'), 3)}"

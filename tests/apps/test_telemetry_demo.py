@@ -1,112 +1,110 @@
-"""The demo pipeline on a slice of the bundled data, and its detector's invariants."""
+"""The demo's telemetry branch on its own, its adaptive detector and the latency stamps."""
 
 from __future__ import annotations
 
 import itertools
-import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from typer.testing import CliRunner
+import pytest
 
-from tideflow.apps.robust_z import RollingRobustZ
-from tideflow.apps.telemetry import TelemetryDemo, bundled_series
-from tideflow.cli import app
+import tideflow as tdf
+from tideflow.ai.drift import PopulationStability
+from tideflow.anomaly import RobustZScore, SeasonalBaseline, telemetry_calibrator
+from tideflow.apps.adaptive import AdaptiveScorer
+from tideflow.apps.latency import INGEST, LatencyRecorder, Stamped, Timed
+from tideflow.apps.telemetry import make_scorer, telemetry_branch
 
-
-def slice_of_bundled(folder: Path, rows: int = 3_000) -> list[Path]:
-    """The first ``rows`` lines of two bundled series (keeps the test fast)."""
-    out = []
-    folder.mkdir(parents=True, exist_ok=True)
-    for source in bundled_series()[:2]:
-        target = folder / source.name
-        lines = source.read_text().splitlines()[: rows + 1]
-        target.write_text("\n".join(lines) + "\n")
-        out.append(target)
-    return out
+from .slices import expected_points, slice_of_bundled
 
 
-def test_demo_flow_writes_alerts_scores_and_accounts_for_every_row(tmp_path: Path) -> None:
-    files = slice_of_bundled(tmp_path / "data")
-    demo = TelemetryDemo.create(out_dir=tmp_path / "out", files=files)
-    result = demo.flow.run(handle_signals=False)
-    expected_rows = sum(len(f.read_text().splitlines()) - 1 for f in files)
-    assert result.records_in == expected_rows
-    assert result.dead_letters == 0
-
-    scores = pl.read_parquet(demo.out_dir / "scores.parquet")
-    assert scores.height == expected_rows
-    assert set(scores.columns) >= {"series", "timestamp", "value", "baseline", "spread", "z", "is_alert"}
-    with sqlite3.connect(demo.database) as db:
-        stored = db.execute("SELECT series, timestamp, value FROM alerts ORDER BY series, timestamp").fetchall()
-    alerts = scores.filter("is_alert").sort("series", "timestamp")
-    assert len(stored) == alerts.height
-    assert [row[0] for row in stored] == alerts["series"].to_list()
-
-    report = demo.report(result)
-    assert report["alerts"] == alerts.height
-    assert report["series"] == 2
+def test_the_branch_scores_each_clean_point_once_in_order_and_never_late(tmp_path: Path) -> None:
+    files = slice_of_bundled(tmp_path / "data", rows=2_000, broken=True)
+    flow = tdf.Flow("telemetry")
+    branch = telemetry_branch(flow, files, tmp_path, LatencyRecorder())
+    result = flow.run(handle_signals=False)
+    points = pl.read_parquet(tmp_path / "points.parquet")
+    expected = expected_points(files)
+    # Per series, the points arrive in file order: what the detectors and the forecaster need.
+    for name in expected["series"].unique():
+        mine = points.filter(pl.col("series") == name).select("timestamp", "value")
+        assert mine.equals(expected.filter(pl.col("series") == name).select("timestamp", "value"))
+    assert result.dead_letters == 1  # the row that is not a number; nothing is late
+    assert branch.sources == [f"nab:{path.stem}" for path in files]
+    # The hourly features count every scored point once.
+    features = pl.read_parquet(tmp_path / "features.parquet")
+    assert features["points"].sum() == points.height
+    assert features["alerts"].sum() == points["is_anomaly"].sum()
 
 
-def test_demo_rerun_into_the_same_folder_does_not_duplicate_alerts(tmp_path: Path) -> None:
-    files = slice_of_bundled(tmp_path / "data", rows=2_000)
-    for _ in range(2):
-        demo = TelemetryDemo.create(out_dir=tmp_path / "out", files=files)
-        demo.flow.run(handle_signals=False)
-    with sqlite3.connect(demo.database) as db:
-        total, distinct = db.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT series || timestamp) FROM alerts"
-        ).fetchone()
-    assert total == distinct
+def test_adaptive_scores_do_not_depend_on_batch_boundaries() -> None:
+    rng = np.random.default_rng(11)
+    n = 6_000
+    times = (np.datetime64("2024-01-01T00:00") + np.arange(n) * np.timedelta64(5, "m")).astype("datetime64[ms]")
+    values = 50 + 10 * np.sin(np.arange(n) * 2 * np.pi / 288) + rng.normal(0, 2, n)
+    values[3_000:] += 40  # a new normal: the drift test must notice it
+    values[[1_000, 4_500]] += 60
+    df = pl.DataFrame({"series": rng.choice(["a", "b"], n), "timestamp": times, "value": values})
+    whole = make_scorer()(df)
+    scorer = make_scorer()
+    cuts = [0, 1, 7, 400, 1_999, 2_000, 3_333, 5_000, n]
+    pieces = pl.concat([scorer(df.slice(a, b - a)) for a, b in itertools.pairwise(cuts)])
+    assert pieces.equals(whole)
+    assert whole["recalibrated"].sum() >= 2  # both series shift
+    assert sum(scorer.recalibrations.values()) == whole["recalibrated"].sum()
+    assert whole.filter("recalibrated")["drift_evidence"].str.contains('"detector":"PSI"').all()
 
 
-def test_demo_command_prints_the_json_summary(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    files = slice_of_bundled(tmp_path / "data", rows=1_500)
-    monkeypatch.setattr("tideflow.apps.telemetry.bundled_series", lambda: files)
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "out"), "--json", "--quiet"])
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
-    assert summary["records_in"] == 3_000
-    assert summary["series"] == 2
-    assert {"alerts", "labelled_windows_hit", "results", "dead_letters", "seconds"} <= summary.keys()
-
-
-def test_robust_z_scores_do_not_depend_on_batch_boundaries() -> None:
-    rng = np.random.default_rng(7)
+def test_a_drift_rebuilds_the_detector_so_a_new_level_becomes_normal_sooner() -> None:
+    """A lasting level shift: the drift test fires within a window of it, and the rebuilt detector
+    (which forgot all but the last window) takes the new level as normal hundreds of points before
+    the detector that was never recalibrated, whose trailing median needs half its window to move."""
+    rng = np.random.default_rng(5)
     n = 4_000
-    values = rng.normal(50, 5, n)
-    values[[500, 1_700, 3_100]] += 80  # three excursions
-    df = pl.DataFrame({"series": rng.choice(["a", "b", "c"], n), "value": values})
-    whole = RollingRobustZ(window=100, min_history=20)(df)
-    detector = RollingRobustZ(window=100, min_history=20)
-    cuts = [0, 1, 7, 333, 1_000, 2_500, 2_501, n]
-    pieces = pl.concat([detector(df.slice(a, b - a)) for a, b in itertools.pairwise(cuts)])
-    assert pieces["z"].to_list() == whole["z"].to_list()
-    assert pieces["is_alert"].to_list() == whole["is_alert"].to_list()
-    assert whole["is_alert"].sum() >= 3
+    values = rng.normal(100, 1, n)
+    values[2_000:] += 30
+    times = (np.datetime64("2024-01-01") + np.arange(n) * np.timedelta64(5, "m")).astype("datetime64[ms]")
+    df = pl.DataFrame({"series": "s", "timestamp": times, "value": values})
+
+    def scorer(window: int) -> AdaptiveScorer:
+        drift = lambda: PopulationStability(window, threshold=0.2)  # noqa: E731
+        return AdaptiveScorer(lambda: RobustZScore(window=1_500), telemetry_calibrator, drift, rebaseline=window)
+
+    adaptive = scorer(500)(df)
+    never = scorer(10**6)(df)  # a drift window longer than the series: never recalibrates
+    drifts = adaptive["recalibrated"].arg_true().to_list()
+    assert len(drifts) == 1 and 2_000 <= drifts[0] < 2_500
+    assert never["recalibrated"].sum() == 0
+    assert adaptive["anomaly_score"].slice(2_000, 50).min() > 10  # both see the shift itself
+    settled, unsettled = adaptive["anomaly_score"].slice(2_500, 200), never["anomaly_score"].slice(2_500, 200)
+    assert settled.mean() < 3 < 10 < unsettled.mean()  # type: ignore[operator]
 
 
-def test_robust_z_matches_a_brute_force_trailing_window() -> None:
-    rng = np.random.default_rng(3)
-    values = rng.normal(10, 2, 300)
-    window, history = 50, 10
-    scored = RollingRobustZ(window=window, min_history=history, min_spread_ratio=0.0)(
-        pl.DataFrame({"series": ["s"] * 300, "value": values})
+def test_recalibrate_is_a_hook_that_rebuilds_one_series() -> None:
+    scorer = AdaptiveScorer(SeasonalBaseline, telemetry_calibrator, lambda: PopulationStability(100), rebaseline=50)
+    times = (np.datetime64("2024-01-01") + np.arange(200) * np.timedelta64(5, "m")).astype("datetime64[ms]")
+    scorer(pl.DataFrame({"series": ["a"] * 200, "timestamp": times, "value": np.arange(200.0) % 7}))
+    before = scorer.series["a"].detector
+    scorer.recalibrate("a")
+    assert scorer.series["a"].detector is not before
+    assert scorer.recalibrations == {"a": 1}
+    with pytest.raises(ValueError, match="finite"):
+        scorer(pl.DataFrame({"series": ["a"], "timestamp": times[:1], "value": [float("nan")]}))
+
+
+def test_stamps_travel_from_source_to_sink_and_are_dropped_there(tmp_path: Path) -> None:
+    recorder = LatencyRecorder()
+    sink = tdf.io.MemorySink()
+    flow = tdf.Flow("stamps")
+    source = Stamped(tdf.io.MemorySource([{"t": i, "v": i} for i in range(500)], time="t", batch_size=50))
+    assert source.time == "t"
+    flow.source("numbers", source, watermark=tdf.Monotonic()).filter("odd", pl.col("v") % 2 == 1).sink(
+        "out", Timed(sink, recorder, "numbers")
     )
-    for i in (10, 49, 50, 51, 299):
-        past = values[max(0, i - window) : i]
-        median = float(np.median(past))
-        q1, q3 = np.quantile(past, [0.25, 0.75])
-        expected = (values[i] - median) / ((q3 - q1) / 1.349)
-        assert abs(scored["z"][i] - expected) < 1e-9
-    assert scored["z"][:history].null_count() == history
-
-
-def test_cooldown_keeps_one_alert_per_excursion() -> None:
-    values = [10.0] * 200 + [500.0] * 5 + [10.0] * 100 + [500.0]
-    scored = RollingRobustZ(window=100, min_history=20, cooldown=50)(
-        pl.DataFrame({"series": ["s"] * len(values), "value": values})
-    )
-    assert scored["is_alert"].arg_true().to_list() == [200, 305]
+    flow.run(handle_signals=False)
+    assert INGEST not in sink.frame.columns and sink.frame.height == 250
+    assert recorder.values("numbers").size == 250
+    latency = recorder.percentiles("numbers")
+    assert latency is not None and 0 <= latency["p50"] <= latency["p99"] <= latency["max"]
+    assert recorder.percentiles("other") is None

@@ -169,6 +169,9 @@ class PaneWindowOp(Operator):
         return self._flush(Batch(pl.DataFrame(), watermark=now))
 
     def _process_segments(self, rows, pane, before, after, dropped, updating) -> None:  # type: ignore[no-untyped-def]
+        if self.emit == "final" and not updating.any():
+            self._absorb_then_fire(rows, before, after, ~dropped)
+            return
         first_ends = np.unique(pane) + self.every
         new_ends = (first_ends[:, None] + np.arange(0, self.size, self.every)[None, :]).ravel()
         known = np.fromiter(self.pending_ends, np.int64, len(self.pending_ends))
@@ -188,6 +191,22 @@ class PaneWindowOp(Operator):
                 self._fire(int(after[i]), int(before[i]))
             start = i + 1
         self._absorb(rows, start, len(pane), absorb, before)
+
+    def _absorb_then_fire(self, rows: pl.DataFrame, before: np.ndarray, after: np.ndarray, absorb: np.ndarray) -> None:
+        """The common case, without cutting the batch at every window end it crosses.
+
+        With no late-but-allowed row in the batch, an on-time row never belongs to a window that
+        fired before it arrived (its earliest window ends after the watermark it came with), and
+        a window that fires mid-batch holds no row from after its firing. So absorbing every
+        on-time row first, then firing each window the batch's watermark passed, gives the same
+        results as cutting row by row; each result keeps the watermark from before the row whose
+        arrival fired it."""
+        self._absorb(rows, 0, len(after), absorb, before)
+        last = int(after[-1])
+        while self.fire_heap and self.fire_heap[0] <= last:
+            end = self.fire_heap[0]
+            crossing = int(np.searchsorted(after, end, "left"))  # the first row whose watermark reached it
+            self._fire(int(after[crossing]), int(before[crossing]))
 
     def _absorb(self, rows: pl.DataFrame, start: int, stop: int, mask: np.ndarray, before: np.ndarray) -> None:
         """Add rows ``start:stop`` selected by ``mask`` to their panes (no window fires inside)."""

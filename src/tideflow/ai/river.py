@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import polars as pl
@@ -32,16 +32,7 @@ Method = Literal[
     "score_many",
     "transform_many",
 ]
-_METHODS = (
-    "predict_one",
-    "predict_proba_one",
-    "score_one",
-    "transform_one",
-    "predict_many",
-    "predict_proba_many",
-    "score_many",
-    "transform_many",
-)
+_METHODS: tuple[str, ...] = get_args(Method)
 
 
 class RiverModel(ModelHandler[Any]):

@@ -28,7 +28,7 @@ import polars as pl
 from ..ai._imports import MissingExtra
 from ..flow import Flow
 from ..io import ParquetSink
-from ..runtime.local import RunResult
+from ..runtime.local import RunResult, StepStats
 from . import forecasting, scoring
 from .charts import draw_charts
 from .latency import LatencyRecorder
@@ -314,25 +314,26 @@ def _sqlite_table(database: Path, table: str) -> pl.DataFrame | None:
     return frame
 
 
+def _step(result: RunResult | None, step: str) -> StepStats | None:
+    if result is None:
+        return None
+    try:
+        return result.step(step)
+    except KeyError:
+        return None
+
+
 def _dropped(result: RunResult | None, step: str) -> int:
     """Records a step dropped by design (dedupe's duplicates)."""
-    if result is None:
-        return 0
-    try:
-        stats = result.step(step)
-    except KeyError:
+    stats = _step(result, step)
+    if stats is None:
         return 0
     return sum((stats.dropped or {}).values()) or max(0, (stats.records_in or 0) - (stats.records_out or 0))
 
 
 def _filtered(result: RunResult | None, step: str) -> int:
     """Records a filter step kept out (the cleaning step's invalid values)."""
-    if result is None:
-        return 0
-    try:
-        stats = result.step(step)
-    except KeyError:
-        return 0
-    if stats.records_in is None or stats.records_out is None:
+    stats = _step(result, step)
+    if stats is None or stats.records_in is None or stats.records_out is None:
         return 0
     return stats.records_in - stats.records_out

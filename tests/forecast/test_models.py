@@ -194,3 +194,22 @@ def test_rls_with_forgetting_stays_finite_on_a_constant_stretch() -> None:
     model.learn(np.concatenate([ar2(500, seed=10), np.full(20_000, 4.0)]))
     assert np.isfinite(model.P).all() and np.isfinite(model.theta).all()
     np.testing.assert_allclose(model.forecast(3).mean, 4.0, atol=1e-6)
+
+
+def test_rls_forecasts_the_last_value_until_it_has_learned_enough_points() -> None:
+    """On a real CPU series, an AR(12) fitted on its first dozen points iterated 12 steps ahead
+    once forecast 2.5e7 for values in 0–100; the warm-up keeps forecasts on the data's scale."""
+    from importlib import resources
+    from pathlib import Path
+
+    import polars as pl
+
+    from tideflow.forecast import RLSAutoRegressive
+
+    series = Path(str(resources.files("tideflow") / "data/nab")) / "cpu_utilization_asg_misconfiguration.csv"
+    values = pl.read_csv(series).get_column("value").to_numpy()
+    model = RLSAutoRegressive(12, max_horizon=12)
+    forecast = model.learn_forecast(values, 12)
+    warmup = model.warmup
+    assert np.all(forecast.mean[: warmup - 1 - 12] == values[: warmup - 1 - 12, None])  # the prior: last value
+    assert np.abs(forecast.mean).max() < 5 * np.abs(values).max()

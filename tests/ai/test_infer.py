@@ -26,6 +26,29 @@ def run_infer(model, data, *, batch_size=97, on_error="dlq", **options):  # type
     return out.frame, dead.records, result
 
 
+def promoting(promote, swapped: threading.Event, *, promote_at: int, tail: int = 1_000, limit: int = 500_000):  # type: ignore[no-untyped-def]
+    """Rows ``{"x": i}``; ``promote()`` at row ``promote_at``. From 1,000 rows later on, rows come
+    one by one (the stream goes on, slowly) until the sink has seen the new version serve, then
+    ``tail`` more. ``produced[0]`` is how many rows there were."""
+    produced = [0]
+
+    def rows():  # type: ignore[no-untyped-def]
+        i, stop = 0, None
+        while stop is None or i < stop:
+            if i == promote_at:
+                promote()
+            if stop is None and swapped.is_set():
+                stop = i + tail
+            if stop is None and i > promote_at + 1_000:
+                swapped.wait(0.002)  # pacing while the new version loads; the event is the signal
+                assert i < limit, "the promoted version never served"
+            produced[0] = i + 1
+            yield {"x": i}
+            i += 1
+
+    return rows(), produced
+
+
 def rows(n: int) -> list[dict]:
     return [{"x": i, "key": i % 7, "text": "w" * (1 + (i * 37) % 90)} for i in range(n)]
 
@@ -227,18 +250,8 @@ def test_rows_held_in_the_step_are_never_late_for_the_windows_after_it() -> None
 
 def test_a_promoted_version_swaps_in_at_a_batch_boundary_without_loss_or_double_scoring() -> None:
     registry = FakeRegistry(Scale(1.0, version="m:1"))
-    promoted_at = 30_000
     swapped = threading.Event()
-
-    def records():  # type: ignore[no-untyped-def]
-        for i in range(60_000):
-            if i == promoted_at:
-                registry.promote(Scale(10.0, version="m:2"))
-            if i == promoted_at + 5000:
-                # Keep feeding only once the new version has scored something: the swap happened
-                # mid-stream, not at the end. (Events, not sleeps: the sink sets it.)
-                assert swapped.wait(20)
-            yield {"x": i}
+    records, produced = promoting(lambda: registry.promote(Scale(10.0, version="m:2")), swapped, promote_at=30_000)
 
     class Watch(tdf.io.MemorySink):
         def write(self, df):  # type: ignore[no-untyped-def]
@@ -248,17 +261,17 @@ def test_a_promoted_version_swaps_in_at_a_batch_boundary_without_loss_or_double_
 
     flow = tdf.Flow("swap")
     out = Watch()
-    flow.source("src", tdf.io.IterableSource(records(), batch_size=500, linger="1ms")).infer(
+    flow.source("src", tdf.io.IterableSource(records, batch_size=500, linger="1ms")).infer(
         "score", registry, inputs="x", outputs="y", batching=tdf.Batching(max_size=100, max_wait="1ms"), swap_check=0
     ).sink("out", out)
     result = flow.run(handle_signals=False)
     frame = out.frame
-    assert frame.get_column("x").to_list() == list(range(60_000))  # none lost, none twice
+    assert frame.get_column("x").to_list() == list(range(produced[0]))  # none lost, none twice
     factor = frame.get_column("model_version").replace_strict({"m:1": 1.0, "m:2": 10.0}, return_dtype=pl.Float64)
     assert (frame.get_column("y") == frame.get_column("x") * factor).all()  # the version that scored it
     versions = frame.get_column("model_version").to_list()
     first_new = versions.index("m:2")
-    assert 0 < first_new < promoted_at + 5000  # mid-stream (the source reads ahead, so maybe earlier)
+    assert 0 < first_new < produced[0] - 1_000  # mid-stream (the source reads ahead, so maybe before 30,000)
     assert set(versions[first_new:]) == {"m:2"}  # one switch, at a batch boundary
     assert result.step("score").metrics["swaps"] == 1
     assert result.step("score").metrics["model_version"] == "m:2"
@@ -330,14 +343,9 @@ def test_hot_swap_through_the_on_disk_registry(tmp_path) -> None:  # type: ignor
         "scaler", registry=registry, loader=lambda v: Scale(float(v.path.read_text()), version=v.label)
     )
     scored_by_new = threading.Event()
-
-    def records():  # type: ignore[no-untyped-def]
-        for i in range(20_000):
-            if i == 8_000:
-                registry.promote("scaler", 2, reason="better")
-            if i == 12_000:
-                assert scored_by_new.wait(20)
-            yield {"x": i}
+    records, produced = promoting(
+        lambda: registry.promote("scaler", 2, reason="better"), scored_by_new, promote_at=8_000
+    )
 
     class Watch(tdf.io.MemorySink):
         def write(self, df):  # type: ignore[no-untyped-def]
@@ -347,16 +355,18 @@ def test_hot_swap_through_the_on_disk_registry(tmp_path) -> None:  # type: ignor
 
     flow = tdf.Flow("registry-swap")
     out = Watch()
-    flow.source("src", tdf.io.IterableSource(records(), batch_size=250, linger="1ms")).infer(
+    flow.source("src", tdf.io.IterableSource(records, batch_size=250, linger="1ms")).infer(
         "score", following, inputs="x", outputs="y", batching=tdf.Batching(max_size=64, max_wait="1ms"), swap_check=0
     ).sink("out", out)
     flow.run(handle_signals=False)
     frame = out.frame
-    assert frame.get_column("x").to_list() == list(range(20_000))
+    total = produced[0]
+    assert frame.get_column("x").to_list() == list(range(total))
     versions = frame.get_column("model_version").to_list()
     switch = versions.index("scaler:2")
-    assert 0 < switch < 12_000 and set(versions[:switch]) == {"scaler:1"} and set(versions[switch:]) == {"scaler:2"}
-    expected = [float(x) * (10.0 if v == "scaler:2" else 1.0) for x, v in zip(range(20_000), versions, strict=True)]
+    assert 0 < switch < total - 1_000
+    assert set(versions[:switch]) == {"scaler:1"} and set(versions[switch:]) == {"scaler:2"}
+    expected = [float(x) * (10.0 if v == "scaler:2" else 1.0) for x, v in zip(range(total), versions, strict=True)]
     assert frame.get_column("y").to_list() == expected
 
 
@@ -444,14 +454,9 @@ def test_hot_swap_with_process_workers() -> None:
 
     registry = FakeRegistry(ScaleInProcess(1.0, version="p:1"))
     swapped = threading.Event()
-
-    def records():  # type: ignore[no-untyped-def]
-        for i in range(6000):
-            if i == 2000:
-                registry.promote(ScaleInProcess(10.0, version="p:2"))
-            if i == 4000:
-                assert swapped.wait(30)
-            yield {"x": i}
+    records, produced = promoting(
+        lambda: registry.promote(ScaleInProcess(10.0, version="p:2")), swapped, promote_at=2_000
+    )
 
     class Watch(tdf.io.MemorySink):
         def write(self, df):  # type: ignore[no-untyped-def]
@@ -461,7 +466,7 @@ def test_hot_swap_with_process_workers() -> None:
 
     flow = tdf.Flow("process-swap")
     out = Watch()
-    flow.source("src", tdf.io.IterableSource(records(), batch_size=200, linger="1ms")).infer(
+    flow.source("src", tdf.io.IterableSource(records, batch_size=200, linger="1ms")).infer(
         "score",
         registry,
         inputs="x",
@@ -473,7 +478,7 @@ def test_hot_swap_with_process_workers() -> None:
     ).sink("out", out)
     flow.run(handle_signals=False)
     frame = out.frame
-    assert frame.get_column("x").to_list() == list(range(6000))
+    assert frame.get_column("x").to_list() == list(range(produced[0]))
     factor = frame.get_column("model_version").replace_strict({"p:1": 1.0, "p:2": 10.0}, return_dtype=pl.Float64)
     assert (frame.get_column("y") == frame.get_column("x") * factor).all()
     versions = frame.get_column("model_version").to_list()

@@ -335,6 +335,7 @@ class ModelPool:
             finally:
                 self.ready_at[generation] = time.monotonic()
                 ready.set()
+                self._on_done()  # the step swaps at once, even while no data comes
 
         if wait:
             load_everywhere()

@@ -13,6 +13,7 @@ the result does not depend on how the stream is cut):
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -111,7 +112,7 @@ def kswin(
     return RiverDrift(detector, "KSWIN", direction)
 
 
-class _WindowTest:
+class _WindowTest(ABC):
     """Compares a fixed reference window with a sliding recent one, every ``check_every`` values.
 
     Without an explicit reference, the first ``window`` values become it. After a drift the
@@ -150,8 +151,9 @@ class _WindowTest:
                     self.recent.clear()
         return events
 
+    @abstractmethod
     def compare(self, reference: np.ndarray, recent: np.ndarray) -> tuple[bool, dict[str, float]]:
-        raise NotImplementedError
+        """Whether ``recent`` drifted from ``reference``, and the statistics that say so."""
 
 
 class PopulationStability(_WindowTest):

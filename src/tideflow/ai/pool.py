@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 import traceback
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,7 +126,7 @@ class Done:
     """A failure of the worker itself (not of rows): the step stops the run with it."""
 
 
-class Worker:
+class Worker(ABC):
     """A model slot: loads generations and runs jobs. Subclasses decide where the model lives."""
 
     def __init__(self, device: str, outputs: list[str], split_all: bool) -> None:
@@ -151,14 +152,17 @@ class Worker:
         with self._lock:
             return self._run(job)
 
+    @abstractmethod
     def _load(self, generation: int, handler: ModelHandler[Any]) -> None:
-        raise NotImplementedError
+        """Build and keep the live model of ``generation`` (called under the worker's lock)."""
 
+    @abstractmethod
     def _drop(self, generation: int) -> None:
-        raise NotImplementedError
+        """Free ``generation``'s model."""
 
+    @abstractmethod
     def _run(self, job: Job) -> Outcome:
-        raise NotImplementedError
+        """Run the job's model batch on its generation's model."""
 
     def close(self) -> None:
         """Release the worker's resources."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import polars as pl
 
 from .base import ModelHandler, as_columns
@@ -284,8 +285,6 @@ class RetrainLoop:
     def _event(
         self, action: str, *, reason: str | None = None, version: str | None = None, evidence: Any = None
     ) -> None:
-        import orjson
-
         champion = self.policy.registry.champion(self.policy.name)
         self.events.append(
             {

@@ -145,12 +145,9 @@ def _median_rate(rows: int, runs: list[float]) -> float:
     return rows / statistics.median(runs)
 
 
-def raw_model_per_s(case: Case, repeat: int) -> float:
-    """The model alone on ready-made batches (length-sorted first when the case buckets)."""
-    frame = case.frame.select(case.inputs)
-    if case.bucket_by is not None:
-        frame = frame.sort(pl.col(case.bucket_by).str.len_bytes())
-    batches = [frame.slice(i, case.batch_size) for i in range(0, frame.height, case.batch_size)]
+def _calls_per_s(case: Case, frame: pl.DataFrame, size: int, repeat: int) -> float:
+    """Rows/s of the model called directly on ``frame`` cut into ready-made batches of ``size``."""
+    batches = [frame.slice(i, size) for i in range(0, frame.height, size)]
     runs = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -160,16 +157,17 @@ def raw_model_per_s(case: Case, repeat: int) -> float:
     return _median_rate(frame.height, runs)
 
 
+def raw_model_per_s(case: Case, repeat: int) -> float:
+    """The model alone on ready-made batches (length-sorted first when the case buckets)."""
+    frame = case.frame.select(case.inputs)
+    if case.bucket_by is not None:
+        frame = frame.sort(pl.col(case.bucket_by).str.len_bytes())
+    return _calls_per_s(case, frame, case.batch_size, repeat)
+
+
 def per_record_per_s(case: Case, repeat: int) -> float:
-    frame = case.frame.select(case.inputs).head(case.per_record_rows)
-    rows = [frame.slice(i, 1) for i in range(frame.height)]
-    runs = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for row in rows:
-            case.handler.predict_batch(case.loaded, row)
-        runs.append(time.perf_counter() - started)
-    return _median_rate(frame.height, runs)
+    """The model called once per record: what a per-record engine pays."""
+    return _calls_per_s(case, case.frame.select(case.inputs).head(case.per_record_rows), 1, repeat)
 
 
 def _batching(case: Case, max_wait: str) -> Batching:

@@ -9,6 +9,7 @@ one model call. The step's output watermark is held back to the earliest row sti
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -187,7 +188,7 @@ class InferOperator(Operator):
             raise StepError(self.step, ValueError(f"columns {clashing} exist already in the stream: {hint}"))
 
     def state_size(self) -> int:
-        return self.batcher.pending + sum(1 for _ in self._in_flight)
+        return self.batcher.pending + len(self._in_flight)
 
     def metrics(self) -> dict[str, Any]:
         out = self.metrics_.to_dict()
@@ -239,7 +240,7 @@ class InferOperator(Operator):
         while True:
             try:
                 done = self.pool.results.get_nowait()
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 return
             self._collect(ctx, done)
 
@@ -407,4 +408,3 @@ def infer(
         )
 
     return stream._operator(step, factory, on_error=on_error)
-

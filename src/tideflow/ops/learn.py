@@ -11,6 +11,8 @@ its model on the step's own thread, in arrival order; use ``infer`` for a model 
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any, Literal
 
 import polars as pl
@@ -58,7 +60,7 @@ class LearnOperator(Operator):
         self.learned = 0
         self.errors = 0
 
-    def start(self, wake: Any, abort: Any) -> None:
+    def start(self, wake: Callable[[], None], abort: threading.Event) -> None:
         self.model = self.handler.load(resolve_device(self.device, self.handler.frameworks))
 
     def metrics(self) -> dict[str, Any]:

@@ -150,12 +150,12 @@ class LearnOperator(Operator):
             for rows, error in failed:
                 self.errors += rows.height
                 ctx.reject_rows(self.step, self.on_error, error, rows.drop(self.output), batch.origin)
-            times = labelled.get_column(self.time).to_list() if self.time in labelled.columns else None
             ok = pl.concat(learned) if learned else labelled.clear()
-            for i, (p, a) in enumerate(
-                zip(ok.get_column(self.output).to_list(), ok.get_column(self.label).to_list(), strict=True)
-            ):
-                self._scored(p, a, times[i] if times else None)
+            # Times of the rows actually learned (not of all labelled ones: some may have failed).
+            times = ok.get_column(self.time).to_list() if self.time in ok.columns else [None] * ok.height
+            predicted, actual = ok.get_column(self.output).to_list(), ok.get_column(self.label).to_list()
+            for p, a, at in zip(predicted, actual, times, strict=True):
+                self._scored(p, a, at)
         return scored.drop(self.output), scored.get_column(self.output).to_list()
 
     def _scored(self, predicted: Any, actual: Any, at: Any) -> None:

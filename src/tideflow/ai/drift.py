@@ -127,28 +127,33 @@ class _WindowTest(ABC):
         self.window = window
         self.check_every = check_every
         self.reference = None if reference is None else np.asarray(reference, dtype=np.float64)
-        self.recent: deque[float] = deque(maxlen=window)
+        self.recent = np.empty(0)
+        """The newest values, at most ``window`` (while no reference: the values filling it)."""
         self.seen = 0
 
     def update(self, values: np.ndarray) -> list[DriftEvent]:
-        events = []
-        for value in np.asarray(values, dtype=np.float64).tolist():
-            self.seen += 1
+        """Values are taken in slices that end where something happens — the reference is
+        full, or a check is due — so the work is per slice, not per value."""
+        values = np.asarray(values, dtype=np.float64)
+        events, i = [], 0
+        while i < len(values):
             if self.reference is None:
-                self.recent.append(value)
+                take = values[i : i + self.window - len(self.recent)]
+            else:
+                take = values[i : i + self.check_every - self.seen % self.check_every]
+            i += len(take)
+            self.seen += len(take)
+            self.recent = np.concatenate([self.recent, take])[-self.window :]
+            if self.reference is None:
                 if len(self.recent) == self.window:
-                    self.reference = np.array(self.recent)
-                    self.recent.clear()
+                    self.reference, self.recent = self.recent, np.empty(0)
                 continue
-            self.recent.append(value)
             if len(self.recent) == self.window and self.seen % self.check_every == 0:
-                recent = np.array(self.recent)
-                drifted, evidence = self.compare(self.reference, recent)
+                drifted, evidence = self.compare(self.reference, self.recent)
                 if drifted:
                     events.append(DriftEvent(self.seen - 1, self.name, evidence))
                     # The next full window, all after the change, is the new normal.
-                    self.reference = None
-                    self.recent.clear()
+                    self.reference, self.recent = None, np.empty(0)
         return events
 
     @abstractmethod

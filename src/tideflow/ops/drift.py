@@ -48,9 +48,11 @@ class DriftOperator(Operator):
         events: list[dict[str, Any]] = []
         for key_values, part in parts:
             key = key_values if self.key else None
-            values = part.get_column(self.on)
-            kept = part.filter(values.is_not_null() & values.is_not_nan()) if values.dtype.is_float() else part
-            kept = kept.filter(pl.col(self.on).is_not_null())
+            column = pl.col(self.on)
+            usable = (
+                column.is_not_null() & column.is_not_nan() if part.schema[self.on].is_float() else column.is_not_null()
+            )
+            kept = part.filter(usable)  # a missing value says nothing about drift: it is skipped
             if not kept.height:
                 continue
             detector = self.detectors.get(key)

@@ -418,23 +418,37 @@ def test_the_cli_summary_shows_the_model_steps(tmp_path) -> None:  # type: ignor
 
 
 def test_a_big_input_batch_streams_out_as_its_model_batches_finish() -> None:
-    writes: list[int] = []
+    """One input batch of 1,000 rows, model batches of 10: the model's 4th call waits until the
+    sink has the rows of its 1st, and so on. Were results handed on only once the whole input
+    batch was scored, the model would wait in vain (and fail its rows into the dead letters)."""
+    seen = threading.Condition()
+    highest = [-1]
+    gave_up: list[int] = []
 
-    class Count(tdf.io.MemorySink):
+    class WaitsForOutput(Scale):
+        def predict_batch(self, model, inputs):  # type: ignore[no-untyped-def]
+            first = inputs.get_column("x")[0]
+            with seen:
+                if gave_up or not seen.wait_for(lambda: highest[0] >= first - 30, timeout=20):
+                    gave_up.append(first)  # fail the rest at once
+                    raise TimeoutError(f"no output reached the sink before row {first} was scored")
+            return super().predict_batch(model, inputs)
+
+    class Track(tdf.io.MemorySink):
         def write(self, df):  # type: ignore[no-untyped-def]
-            writes.append(df.height)
             super().write(df)
+            with seen:
+                highest[0] = max(highest[0], df.get_column("x").max())
+                seen.notify_all()
 
     flow = tdf.Flow("stream-out")
-    sink = Count()
+    sink = Track()
     flow.source("src", tdf.io.MemorySource(rows(1000), batch_size=1000)).infer(
-        "score", Scale(), inputs="x", outputs="y", batching=tdf.Batching(max_size=10, max_in_flight=2)
+        "score", WaitsForOutput(), inputs="x", outputs="y", batching=tdf.Batching(max_size=10, max_in_flight=2)
     ).sink("out", sink)
-    flow.run(handle_signals=False)
+    result = flow.run(handle_signals=False)
+    assert result.dead_letters == 0
     assert sink.frame.get_column("x").to_list() == list(range(1000))
-    # 100 model batches from one input batch: results leave in many pieces as the model goes
-    # (whenever the step would block for a free slot), not in one piece at the end.
-    assert len(writes) >= 10 and max(writes) < 1000
 
 
 def test_outputs_that_would_overwrite_a_column_are_refused_with_a_hint() -> None:

@@ -142,6 +142,45 @@ class Operator(ABC):
         """Called once at end of input; stateful operators emit what they still hold."""
         return None
 
+    # -- checkpoints ------------------------------------------------------------------------
+    checkpointed_state = True
+    """False for operators that keep state a checkpoint cannot capture (a user's stateful
+    ``map_batches`` function without ``snapshot``/``restore``): a checkpointed run warns that
+    such a step restarts empty after a resume."""
+
+    def on_barrier(self, ctx: StepContext) -> Batch | Iterable[Batch] | None:
+        """A checkpoint barrier reached this step, after every row before it and before any
+        row after it. Operators whose state is work in flight (an ``infer`` step's queued and
+        running batches) finish it here and return its output, which goes on before the
+        barrier; their snapshot is then small. Default: nothing to drain."""
+        return None
+
+    def snapshot(self) -> Any:
+        """The operator's state as plain data, for a checkpoint (``None``: stateless).
+
+        Called at a barrier, in the step's thread; the result must not change when the
+        operator goes on (copy mutable containers; polars frames are immutable). Encoded by
+        :mod:`tideflow.checkpoint.codec`: containers, numbers, strings, numpy, polars frames and
+        dtypes, and tideflow's own classes."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Replace the state by ``state``, from ``snapshot()`` of a step of the same kind."""
+        raise TypeError(f"step {self.step!r} ({type(self).__name__}) keeps no state to restore")
+
+    def snapshot_groups(self, groups: int) -> dict[int, Any] | None:
+        """The state split by key group (``0 <= group < groups``), so that a later scale-out
+        can hand each worker its groups without reprocessing. Entry ``-1`` holds state that is
+        not per key. Default: the whole ``snapshot()`` under ``-1``."""
+        state = self.snapshot()
+        return None if state is None else {-1: state}
+
+    def restore_groups(self, parts: dict[int, Any]) -> None:
+        """Restore from ``snapshot_groups`` output (all groups, or those this worker owns)."""
+        if set(parts) != {-1}:
+            raise ValueError(f"step {self.step!r}: expected one whole-state part, got key groups {sorted(parts)}")
+        self.restore(parts[-1])
+
 
 def isolate_failures(
     apply: Callable[[pl.DataFrame], pl.DataFrame], df: pl.DataFrame

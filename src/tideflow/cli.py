@@ -39,10 +39,12 @@ def _add_command_groups() -> None:
     from .ai.registry_cli import models_app
     from .apps.telemetry_cli import apps_app
     from .bench.cli import bench_app
+    from .checkpoint.cli import checkpoints_app
 
     app.add_typer(models_app, name="models")
     app.add_typer(apps_app, name="apps")
     app.add_typer(bench_app, name="bench")
+    app.add_typer(checkpoints_app, name="checkpoints")
 
 
 _add_command_groups()
@@ -78,13 +80,14 @@ def load_flow(path: Path, variable: str = "flow") -> Flow:
     return flow
 
 
-def run_flow(flow: Flow, *, quiet: bool = False) -> RunResult:
-    """Run with a progress display on stderr (suppressed by ``quiet`` or when not a terminal)."""
+def run_flow(flow: Flow, *, quiet: bool = False, **options: Any) -> RunResult:
+    """Run with a progress display on stderr (suppressed by ``quiet`` or when not a terminal);
+    ``options`` go to ``Flow.run`` (checkpoints)."""
     progress = None if quiet else RunProgress(stderr)
     try:
         if progress is not None:
             progress.start()
-        return flow.run(on_tick=progress.update if progress is not None else None)
+        return flow.run(on_tick=progress.update if progress is not None else None, **options)
     finally:
         if progress is not None:
             progress.stop()
@@ -108,16 +111,67 @@ def run_command(
     flow_variable: Annotated[str, typer.Option("--flow", help="Name of the Flow variable in the file.")] = "flow",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint-dir",
+            help="Take aligned checkpoints into DIR (SQLite store; exactly-once output to transactional sinks).",
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        str, typer.Option("--checkpoint-every", help="Time between checkpoints, e.g. 500ms, 1s, 1m.")
+    ] = "1s",
+    keep: Annotated[int, typer.Option("--keep-checkpoints", help="Checkpoints kept (newest); 0 keeps all.")] = 3,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from the newest valid checkpoint in --checkpoint-dir (none: start)."),
+    ] = False,
+    store: Annotated[
+        str | None, typer.Option("--checkpoint-store", help="Store for a new directory: sqlite (default) or files.")
+    ] = None,
 ) -> None:
-    """Run the flow defined in PIPELINE embedded, until its bounded inputs end (or Ctrl-C)."""
+    """Run the flow defined in PIPELINE embedded, until its bounded inputs end (or Ctrl-C).
+
+    With --checkpoint-dir, Ctrl-C stops at a last checkpoint and --resume continues from it;
+    after a crash, --resume continues from the newest checkpoint, with no output lost or repeated
+    by transactional sinks (SQLite, CSV, JSON Lines, Parquet, memory). See docs/recovery.md."""
+    if resume and checkpoint_dir is None:
+        raise typer.BadParameter("--resume needs --checkpoint-dir", param_hint="--resume")
+    if store not in (None, "sqlite", "files"):
+        raise typer.BadParameter("must be sqlite or files", param_hint="--checkpoint-store")
     sys.path.insert(0, str(pipeline.resolve().parent))
     flow = load_flow(pipeline, flow_variable)
+    options: dict[str, Any] = {}
+    if checkpoint_dir is not None:
+        options = {
+            "checkpoint_dir": checkpoint_dir,
+            "checkpoint_every": checkpoint_every,
+            "keep_checkpoints": keep,
+            "resume": resume,
+            "checkpoint_store": store,
+        }
     try:
-        result = run_flow(flow, quiet=quiet)
-    except TideflowError as error:
+        result = run_flow(flow, quiet=quiet, **options)
+    except (TideflowError, ValueError) as error:
         stderr.print(f"[red]error:[/] {error}")
         raise typer.Exit(1) from error
+    _say_recovery(result)
     finish(result, as_json=as_json)
+
+
+def _say_recovery(result: RunResult) -> None:
+    """On stderr: where a resumed run started, and the steps it could not restore."""
+    report = result.recovery
+    if report is None:
+        return
+    if report.get("finished_before"):
+        stderr.print(f"checkpoint {report['epoch']} was taken at the end of input: nothing left to do")
+        return
+    stderr.print(f"resumed from checkpoint {report['epoch']}: {len(report['restored'])} step(s) restored")
+    for step, why in report["not_restored"].items():
+        stderr.print(f"[yellow]  {step}: {why}[/]")
+    for step in report["dropped"]:
+        stderr.print(f"[yellow]  {step}: in the checkpoint, not in the flow: its state is dropped[/]")
 
 
 @app.command("demo")

@@ -7,6 +7,7 @@ unique within a flow (a duplicate is an error at build time, not a surprise at r
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -106,15 +107,33 @@ class Flow:
         handle_signals: bool = True,
         on_tick: Callable[[Any], None] | None = None,
         tick_every: float = 0.1,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        checkpoint_every: Duration = "1s",
+        keep_checkpoints: int = 3,
+        resume: bool = False,
+        checkpoint_store: Literal["sqlite", "files"] | None = None,
     ) -> RunResult:
         """Run embedded until bounded inputs are exhausted (or ``stop()``/Ctrl-C); see RunResult.
 
         ``queue_size`` bounds the batches waiting between two stages (backpressure);
         ``on_tick`` is called from the calling thread while the flow runs (progress display).
+
+        With ``checkpoint_dir`` the run takes an aligned checkpoint every ``checkpoint_every``
+        (state of every step, source positions, sink epochs; the newest ``keep_checkpoints`` are
+        kept) and transactional sinks write exactly once; ``resume=True`` continues from the
+        newest valid checkpoint there. See docs/recovery.md.
         """
+        from .runtime.checkpointing import CheckpointSettings
         from .runtime.local import LocalRuntime
 
-        runtime = LocalRuntime(self, queue_size=queue_size)
+        settings = None
+        if checkpoint_dir is not None:
+            settings = CheckpointSettings(
+                checkpoint_dir, every=checkpoint_every, keep=keep_checkpoints, resume=resume, store=checkpoint_store
+            )
+        elif resume:
+            raise ValueError("resume=True needs checkpoint_dir= (where the checkpoints are)")
+        runtime = LocalRuntime(self, queue_size=queue_size, checkpoints=settings)
         self._runtime = runtime
         return runtime.run(handle_signals=handle_signals, on_tick=on_tick, tick_every=tick_every)
 

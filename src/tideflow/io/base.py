@@ -29,8 +29,18 @@ class SourceContext:
     stop: threading.Event = field(default_factory=threading.Event)
     origin: Origin | None = None
 
+    skip_rejects_through: int | None = None
+    """Set by a resumed run: rejects at positions up to this were reported before the crash."""
+    rejected_through: int | None = None
+    """The highest position rejected so far (a checkpoint keeps it, see above)."""
+
     def reject(self, error: BaseException | str, payload: object, position: int | None = None) -> None:
         """Record a payload this source could not turn into a row."""
+        if position is not None:
+            if self.skip_rejects_through is not None and position <= self.skip_rejects_through:
+                return
+            if self.rejected_through is None or position > self.rejected_through:
+                self.rejected_through = position
         self.dead_letters.add(self.step, error, payload, self.origin, position)
 
     def stopping(self) -> bool:
@@ -71,8 +81,8 @@ class Source(ABC):
 
     def checkpoint_state(self) -> Any:
         """Source state besides the position that a resumed read needs (column types inferred
-        from the first batch, say), as JSON-able data; ``None`` when there is none. Called
-        between batches."""
+        from the first batch, say), as plain data the checkpoint codec encodes; ``None`` when
+        there is none. Called between batches."""
         return None
 
     def resume(self, after_position: int, state: Any) -> None:
@@ -103,11 +113,21 @@ class TransactionalSink(Sink):
     """A sink that takes part in checkpoints with a two-phase commit, for exactly-once output.
 
     In a checkpointed run the runtime calls, in this order: ``open``; ``recover`` (before any
-    write); then, for each epoch ``e = first, first + 1, ...``: ``write``... ``prepare(e)``; and
-    ``commit(e)`` once the checkpoint of epoch ``e`` is durable. Rows written between
-    ``prepare(e - 1)`` and ``prepare(e)`` belong to epoch ``e``: ``prepare`` makes them durable but
-    invisible; ``commit`` makes every prepared epoch up to ``e`` visible. ``commit`` may come from
-    another thread while ``write`` already receives rows of later epochs: implementations lock.
+    write); then ``write``... ``prepare(e)`` at each checkpoint barrier, and ``commit(e)`` once the
+    checkpoint of epoch ``e`` is durable; at the end of the input ``prepare(final)``,
+    ``commit(final)`` and ``close``. Epochs increase but need not be contiguous: after a fallback
+    to an older checkpoint the runtime goes on with a fresh epoch higher than any it used. Rows
+    written since the previous ``prepare`` (or since ``recover``) belong to the epoch passed to
+    the next ``prepare``, which makes them durable but invisible; ``commit`` makes every prepared
+    epoch up to ``e`` visible. ``prepare`` comes from the sink's worker thread between writes;
+    ``commit`` comes from another thread, possibly while ``write`` already receives rows of later
+    epochs: implementations lock.
+
+    A process may be killed at any instant, inside ``prepare`` and ``commit`` too: what either
+    leaves half done, ``recover`` in the next run finishes or discards. ``close`` in a
+    checkpointed run publishes nothing that was not committed: after an interruption, pending
+    rows wait for ``recover`` to make them visible (their checkpoint is durable) or drop them
+    (it is not, and the resumed run writes them again).
 
     Without checkpoints none of these is called and the sink writes through as before.
     """

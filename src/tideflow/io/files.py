@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from .._gc import gc_paused
-from ..record import POSITION, Origin, pack_position
+from ..record import FILE_SHIFT, POSITION, Origin, pack_position
 from .base import Source, SourceContext
 from .eventtime import parse_event_time
 from .pacing import ReplayPacer
@@ -308,6 +308,11 @@ class LineFeed:
         self._numbers: list[int] = []
         self.moved(path, file_index)
 
+    @property
+    def wants_header(self) -> bool:
+        """Whether the next non-empty line is this file's header (CSV, not yet seen)."""
+        return self.decoder.needs_header and self._header_line is None
+
     def moved(self, path: str, file_index: int) -> None:
         """The file is now known by ``path`` (a rename): later positions point there."""
         self.path = path
@@ -412,6 +417,26 @@ class FileSource(Source):
         self._done = 0
         self._total = sum(os.path.getsize(p) for p in self.paths)
         self._replayed: tuple[int, int] | None = None
+        self._pipeline: RowPipeline | None = None
+        self._resume_after: int | None = None
+        self._resume_types: dict[str, pl.DataType] | None = None
+
+    replayable = True
+    """Files are read again identically (they are not expected to change under a flow)."""
+
+    def checkpoint_state(self) -> Any:
+        """The column types fixed so far: a resumed read must not infer them again from later rows."""
+        return dict(self._pipeline.types.types) if self._pipeline is not None else None
+
+    def resume(self, after_position: int, state: Any) -> None:
+        self._resume_after = after_position
+        self._resume_types = dict(state) if state else None
+
+    def _resume_point(self) -> tuple[int, int] | None:
+        """``(file index, row)`` after which a resumed read starts, or None."""
+        if self._resume_after is None:
+            return None
+        return self._resume_after >> FILE_SHIFT, self._resume_after & ((1 << FILE_SHIFT) - 1)
 
     def origin(self, step: str) -> Origin:
         return Origin(step, files=list(self.paths), unit=self.unit)
@@ -436,6 +461,9 @@ class FileSource(Source):
             time_format=self.time_format,
             file_column=self.file_column,
         )
+        if self._resume_types:
+            pipeline.types.types.update(self._resume_types)
+        self._pipeline = pipeline
         frames = self._frames(ctx, pipeline)
         if self.replay is None or self.time is None:
             yield from frames
@@ -472,14 +500,25 @@ class LineFileSource(FileSource):
         self.parse_text = line_format.parse_text
 
     def _frames(self, ctx: SourceContext, pipeline: RowPipeline) -> Iterator[pl.DataFrame]:
+        resume = self._resume_point()
         for path in self.paths:
             index = self._file_index(ctx, path)
+            skip_through = None
+            if resume is not None:
+                if index < resume[0]:
+                    self._done += os.path.getsize(path)
+                    continue  # read to its end before the checkpoint
+                skip_through = resume[1] if index == resume[0] else None
             feed = LineFeed(self.format.decoder(), pipeline, path=path, file_index=index, batch_size=self.batch_size)
-            yield from self._read(path, feed, ctx)
+            yield from self._read(path, feed, ctx, skip_through)
             if ctx.stopping():
                 return
 
-    def _read(self, path: str, feed: LineFeed, ctx: SourceContext) -> Iterator[pl.DataFrame]:
+    def _read(
+        self, path: str, feed: LineFeed, ctx: SourceContext, skip_through: int | None = None
+    ) -> Iterator[pl.DataFrame]:
+        """Read one file; lines numbered up to ``skip_through`` (a resume) are cut before
+        decoding, except the header, which later lines need."""
         reader = LineReader(self.max_record_bytes)
         try:
             handle = open(path, "rb")  # noqa: SIM115 - closed below; the generator may stop early
@@ -489,11 +528,30 @@ class LineFileSource(FileSource):
         with handle:
             while chunk := _read_chunk(handle, path, feed, ctx):
                 self._done += len(chunk)
-                yield from feed.push(reader.feed(chunk), ctx)
+                lines = reader.feed(chunk)
+                if skip_through is not None:
+                    lines, skipping = _lines_after(lines, skip_through, keep_first=feed.wants_header)
+                    skip_through = skip_through if skipping else None
+                yield from feed.push(lines, ctx)
                 if ctx.stopping():
                     return
-        yield from feed.push(reader.finish(), ctx)
+        lines = reader.finish()
+        if skip_through is not None:
+            lines, _ = _lines_after(lines, skip_through, keep_first=feed.wants_header)
+        yield from feed.push(lines, ctx)
         yield from feed.flush(ctx)
+
+
+def _lines_after(lines: Lines, through: int, *, keep_first: bool) -> tuple[Lines, bool]:
+    """The lines numbered after ``through`` (and the first line when ``keep_first``); the flag
+    says whether later lines may still need cutting."""
+    numbers = lines.numbers
+    if numbers and numbers[0] > through:
+        return lines, False
+    kept = [i for i, number in enumerate(numbers) if number > through or (keep_first and i == 0)]
+    overlong = [entry for entry in lines.overlong if entry[0] > through]
+    still = not numbers or numbers[-1] <= through
+    return Lines([lines.lines[i] for i in kept], [numbers[i] for i in kept], overlong), still
 
 
 def _read_chunk(handle: Any, path: str, feed: LineFeed, ctx: SourceContext) -> bytes:

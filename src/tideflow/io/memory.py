@@ -15,8 +15,9 @@ from .._columns import records_to_frame
 from .._duration import Duration, to_seconds
 from .._gc import gc_paused
 from ..record import POSITION, to_records
-from .base import Sink, Source, SourceContext
+from .base import Sink, Source, SourceContext, TransactionalSink
 from .eventtime import parse_event_time
+from .files_out import check_epochs
 from .pacing import ReplayPacer
 from .prefetch import Prefetcher
 
@@ -58,6 +59,19 @@ class IterableSource(Source):
 
     def progress(self) -> tuple[int, int | None]:
         return (self._done, self._total)
+
+    @property
+    def replayable(self) -> bool:  # type: ignore[override]
+        """A list or tuple is read again identically; any other iterable may not be."""
+        return isinstance(self.items, list | tuple)
+
+    def checkpoint_state(self) -> Any:
+        """The column types fixed by the first records."""
+        return dict(self._types)
+
+    def resume(self, after_position: int, state: Any) -> None:
+        if state:
+            self._types = dict(state)
 
     def batches(self, ctx: SourceContext) -> Iterator[pl.DataFrame]:
         pacer = ReplayPacer(self.replay, self.time, ctx.stop) if self.replay and self.time else None
@@ -164,16 +178,57 @@ class MemorySource(IterableSource):
             self._total = sum(f.height if isinstance(f, pl.DataFrame) else f.num_rows for f in self.items)
 
 
-class MemorySink(Sink):
-    """Collects output in memory; ``.records`` (dicts) and ``.frame`` (DataFrame) after a run."""
+class MemorySink(TransactionalSink):
+    """Collects output in memory; ``.records`` (dicts) and ``.frame`` (DataFrame) after a run.
+
+    In a checkpointed run (after ``recover``) batches wait in a pending list until their epoch
+    is committed: ``.frame``, ``.records`` and ``len`` show committed rows only, as a reader of
+    a real sink would see them. The sink lives in this process, so only an in-process failure
+    can be recovered, by a resumed run handed the same object: its ``recover`` makes pending
+    epochs up to the checkpoint visible and drops the rest.
+    """
 
     def __init__(self) -> None:
         self._parts: list[pl.DataFrame] = []
+        """Visible batches."""
         self._lock = threading.Lock()
+        self._epochs = False
+        """Whether ``recover`` started epochs: writes then wait for their commit."""
+        self._open: list[pl.DataFrame] = []
+        """Batches written since the last ``prepare``."""
+        self._prepared: list[tuple[int, list[pl.DataFrame]]] = []
+        """Prepared epochs not yet committed, in increasing epoch order."""
+        self._last_epoch = 0
 
     def write(self, df: pl.DataFrame) -> None:
         with self._lock:
-            self._parts.append(df)
+            (self._open if self._epochs else self._parts).append(df)
+
+    def recover(self, committed: int | None, handle: Any) -> None:
+        with self._lock:
+            if committed is not None:
+                self._commit_locked(committed)
+            self._prepared.clear()
+            self._open.clear()
+            self._epochs = True
+            self._last_epoch = committed or 0  # a discarded epoch's number may come again
+
+    def prepare(self, epoch: int) -> Any:
+        with self._lock:
+            check_epochs(self._epochs, epoch, self._last_epoch, "MemorySink")
+            parts, self._open = self._open, []
+            if parts:
+                self._prepared.append((epoch, parts))
+            self._last_epoch = epoch
+            return {"epoch": epoch, "rows": sum(part.height for part in parts)}
+
+    def commit(self, epoch: int) -> None:
+        with self._lock:
+            self._commit_locked(epoch)
+
+    def _commit_locked(self, epoch: int) -> None:
+        while self._prepared and self._prepared[0][0] <= epoch:
+            self._parts.extend(self._prepared.pop(0)[1])
 
     @property
     def frame(self) -> pl.DataFrame:

@@ -9,12 +9,15 @@ batch already read flows to the sinks, which are then flushed and closed.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import logging
 import queue
 import signal
 import sys
 import threading
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,14 +25,20 @@ from typing import Any
 
 import polars as pl
 
+from ..checkpoint.store import CheckpointWarning, open_store
 from ..deadletters import DeadLetters
 from ..errors import StepError, TideflowError
 from ..flow import Flow, Node
-from ..io.base import Sink, Source, SourceContext
+from ..io.base import Sink, Source, SourceContext, TransactionalSink
 from ..ops.base import Operator, StepContext, isolate_failures
-from ..record import WATERMARK, Batch, Origin, strip_hidden
+from ..ops.keygroups import KEY_GROUPS
+from ..record import POSITION, WATERMARK, Batch, Origin, strip_hidden
 from ..time.watermarks import END_OF_TIME, NO_WATERMARK, WatermarkStrategy, event_time_ms
+from .checkpointing import Ack, Barrier, CheckpointSettings, Coordinator, EndedWorker
 from .plan import Stage, compile_stages
+from .recovery import Recovery, encode_parts, snapshot_operators
+
+log = logging.getLogger("tideflow.checkpoint")
 
 _END = object()
 """Marks the end of one producer's output on a channel."""
@@ -118,6 +127,10 @@ class RunResult:
     steps: list[StepStats] = field(default_factory=list)
     interrupted: bool = False
     dead_letter_samples: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: dict[str, Any] | None = None
+    """In a checkpointed run: checkpoints completed, the last epoch, median time and size."""
+    recovery: dict[str, Any] | None = None
+    """In a resumed run: the checkpoint resumed from, steps restored, steps left empty (why)."""
 
     @property
     def records_per_s(self) -> float:
@@ -139,6 +152,8 @@ class RunResult:
             "records_per_s": round(self.records_per_s, 1),
             "interrupted": self.interrupted,
             "steps": [s.to_dict() for s in self.steps],
+            **({"checkpoints": self.checkpoints} if self.checkpoints is not None else {}),
+            **({"recovery": self.recovery} if self.recovery is not None else {}),
         }
 
 
@@ -154,10 +169,28 @@ class _Worker(threading.Thread, ABC):
         (one stream feeding both inputs of a join gets two entries)."""
         self.side_routes: dict[tuple[str, str], list[tuple[Channel, int]]] = {}
         """Channels fed by side outputs, by (step, port): ``window.late()`` and the like."""
+        self.coordinator: Coordinator | None = runtime.coordinator
+        self.passed = runtime.first_epoch - 1
+        """The epoch of the last checkpoint barrier this worker passed on."""
 
     def emit(self, batch: Batch) -> None:
         for channel, index in self.outputs:
             channel.put((index, batch))
+
+    def emit_barrier(self, barrier: Barrier) -> None:
+        """Send a checkpoint barrier on every output, side outputs included."""
+        for channel, index in [*self.outputs, *(c for cs in self.side_routes.values() for c in cs)]:
+            channel.put((index, barrier))
+
+    def acknowledge(self, barrier: Barrier, ack: Ack) -> None:
+        assert self.coordinator is not None
+        self.passed = barrier.epoch
+        self.coordinator.ack(id(self), barrier.epoch, ack)
+
+    def ended_for_checkpoints(self, last: Callable[[], EndedWorker]) -> None:
+        """Tell the coordinator this worker sends nothing more (``last()``: its final ack)."""
+        if self.coordinator is not None:
+            self.coordinator.ended(id(self), last())
 
     def end(self) -> None:
         for channel, index in [*self.outputs, *(c for cs in self.side_routes.values() for c in cs)]:
@@ -193,27 +226,93 @@ class _SourceWorker(_Worker):
     def work(self) -> None:
         runtime = self.runtime
         ctx = SourceContext(self.node.name, runtime.dead_letters, runtime.stop_event, self.origin)
-        current_watermark = NO_WATERMARK
+        self.current_watermark = NO_WATERMARK
+        self.position: int | None = None
+        """Position of the last row emitted (positions grow within a source)."""
+        skip_through = self._resume(ctx)
+        stopped = False
         try:
             for df in self.source.batches(ctx):
                 if runtime.abort_event.is_set():
                     raise _Aborted
+                if self.coordinator is not None and (barrier := self.coordinator.pending(self.passed)):
+                    self._barrier(barrier, ctx)
+                    if barrier.stop:
+                        stopped = True
+                        break
                 if df.height == 0:
                     continue
-                self.stats.records_out += df.height
-                batch = Batch(df, self.origin)
-                if self.watermark is not None and self.source.time is not None:
-                    before, current_watermark = self.watermark.per_row(
-                        current_watermark, event_time_ms(df.get_column(self.source.time))
-                    )
-                    batch = Batch(df.hstack([before]), self.origin, current_watermark, idle_ms=self.watermark.idle_ms)
-                    self.stats.watermark_ms = current_watermark
-                self.emit(batch)
+                if skip_through is not None:
+                    df, skip_through = _skip_replayed(df, skip_through)
+                    if df.height == 0:
+                        continue
+                self._emit_rows(df)
                 if runtime.stop_event.is_set():
                     break
         finally:
             self.source.close()
+        if stopped:
+            return
+        self.ended_for_checkpoints(lambda: EndedWorker(self._ack(ctx)))
         self.end()
+
+    def _emit_rows(self, df: pl.DataFrame) -> None:
+        if POSITION in df.columns:
+            self.position = df.get_column(POSITION).max()  # type: ignore[assignment]
+        self.stats.records_out += df.height
+        batch = Batch(df, self.origin)
+        if self.watermark is not None and self.source.time is not None:
+            before, self.current_watermark = self.watermark.per_row(
+                self.current_watermark, event_time_ms(df.get_column(self.source.time))
+            )
+            batch = Batch(df.hstack([before]), self.origin, self.current_watermark, idle_ms=self.watermark.idle_ms)
+            self.stats.watermark_ms = self.current_watermark
+        self.emit(batch)
+
+    def _resume(self, ctx: SourceContext) -> int | None:
+        """Take the restored position: returns the position through which rows are skipped."""
+        saved = self.runtime.recovery.source(self.node.name) if self.runtime.recovery else None
+        if saved is None:
+            return None
+        self.current_watermark = saved["watermark"]
+        self.stats.watermark_ms = saved["watermark"] if saved["watermark"] != NO_WATERMARK else None
+        if not self.source.replayable:
+            return None
+        ctx.skip_rejects_through = saved["rejected"]
+        self.position = saved["position"]
+        if saved["position"] is not None:
+            self.source.resume(saved["position"], saved["state"])
+        return saved["position"]
+
+    def _ack(self, ctx: SourceContext) -> Ack:
+        step = self.node.name
+        saved = {
+            "position": self.position,
+            "rejected": ctx.rejected_through,
+            "watermark": self.current_watermark,
+            "state": self.source.checkpoint_state(),
+            "replayable": self.source.replayable,
+        }
+        shown = {
+            "position": self.position,
+            "at": self.origin.describe(self.position)["position"] if self.position is not None else None,
+            "watermark": self.current_watermark,
+            "replayable": self.source.replayable,
+        }
+        return Ack(states={step: encode_parts({-1: saved})}, sources={step: shown})
+
+    def _barrier(self, barrier: Barrier, ctx: SourceContext) -> None:
+        self.emit_barrier(barrier)
+        self.acknowledge(barrier, self._ack(ctx))
+
+
+def _skip_replayed(df: pl.DataFrame, through: int) -> tuple[pl.DataFrame, int | None]:
+    """Drop rows a resumed source reads again (positions ``<= through``); once a batch starts
+    after ``through``, skipping is over (``None``)."""
+    positions = df.get_column(POSITION)
+    if positions.min() > through:  # type: ignore[operator]
+        return df, None
+    return df.filter(positions > through), through
 
 
 class _DeadLetterWorker(_Worker):
@@ -241,9 +340,18 @@ class _DeadLetterWorker(_Worker):
                 self.stats.records_in = (self.stats.records_in or 0) + frame.height
                 self.stats.records_out += frame.height
                 self.emit(Batch(frame, origin))
-            elif closing:
+            if self.coordinator is not None and (barrier := self.coordinator.pending(self.passed)):
+                self._barrier(barrier)
+                if barrier.stop:
+                    return
+            if frame is None and closing:
                 break
+        self.ended_for_checkpoints(lambda: EndedWorker(Ack()))
         self.end()
+
+    def _barrier(self, barrier: Barrier) -> None:
+        self.emit_barrier(barrier)
+        self.acknowledge(barrier, Ack())
 
 
 class _StageWorker(_Worker):
@@ -270,39 +378,96 @@ class _StageWorker(_Worker):
             assert self.sink_node is not None
             self.step = self.sink_node.name
             self.sink.open(self.sink_node.name)
+            self.runtime.recover_sink(self.sink_node.name, self.sink)
+        stopped = False
         try:
             for op in self.ops:
                 op.start(lambda: self.inbox.offer(_WAKE), self.runtime.abort_event)
-            ended = 0
-            while ended < self.producers:
-                got = self.inbox.get(self._next_timer_s())
-                if got is None or got is _WAKE:
-                    self._tick()
-                    continue
-                index, item = got
-                if item is _END:
-                    ended += 1
-                    advanced = self.inputs.end(index)
-                    if advanced is not None and ended < self.producers:
-                        # The ended input no longer holds the others back: fire what is due now,
-                        # not when (if ever) another input sends something.
-                        self._push(Batch(pl.DataFrame(), None, advanced), 0)
-                    continue
+            stopped = self._consume()
+            if not stopped:
+                for index, op in enumerate(self.ops):
+                    flushed = op.finish(self.ctx)
+                    if op.side_outputs:
+                        self._route_side_outputs(op)
+                    self._deliver(op, flushed, index + 1)
+                self.ended_for_checkpoints(self._ended_ack)
+        finally:
+            for op in self.ops:
+                op.close()
+            self._close_sink()
+        if not stopped:
+            self.end()
+
+    def _consume(self) -> bool:
+        """Process the inputs until every one ended; True when a stop barrier ended the run.
+
+        Checkpoint alignment: after an input's barrier, what that input sends next waits in
+        ``held`` until the barrier has come on every input still open."""
+        ended: set[int] = set()
+        arrived: set[int] = set()
+        aligning: Barrier | None = None
+        held: collections.deque[tuple[int, Any]] = collections.deque()
+        while len(ended) < self.producers:
+            got = held.popleft() if held and aligning is None else self.inbox.get(self._next_timer_s())
+            if got is None or got is _WAKE:
+                self._tick()
+                continue
+            index, item = got
+            if aligning is not None and index in arrived:
+                held.append(got)
+                continue
+            if isinstance(item, Barrier):
+                aligning = aligning or item
+                arrived.add(index)
+            elif item is _END:
+                ended.add(index)
+                advanced = self.inputs.end(index)
+                if advanced is not None and len(ended) < self.producers:
+                    # The ended input no longer holds the others back: fire what is due now,
+                    # not when (if ever) another input sends something.
+                    self._push(Batch(pl.DataFrame(), None, advanced), 0)
+            else:
                 item = self.inputs.arrive(index, item)
                 if self.union_stats is not None:
                     self.union_stats.records_in += item.df.height
                     self.union_stats.records_out += item.df.height
                 self._push(item, 0)
-            for index, op in enumerate(self.ops):
-                flushed = op.finish(self.ctx)
-                if op.side_outputs:
-                    self._route_side_outputs(op)
-                self._deliver(op, flushed, index + 1)
-        finally:
-            for op in self.ops:
-                op.close()
-            self._close_sink()
-        self.end()
+                continue
+            if aligning is not None and len(arrived | ended) == self.producers:
+                barrier, aligning = aligning, None
+                arrived.clear()
+                self._pass_barrier(barrier)
+                if barrier.stop:
+                    return True
+        return False
+
+    def _pass_barrier(self, barrier: Barrier) -> None:
+        """Aligned on ``barrier``: drain work in flight, forward the barrier, snapshot, ack."""
+        for index, op in enumerate(self.ops):
+            drained = op.on_barrier(self.ctx)
+            if op.side_outputs:
+                self._route_side_outputs(op)
+            self._deliver(op, drained, index + 1)
+        sinks: dict[str, Any] = {}
+        if self.sink is not None and self.sink_node is not None:
+            if isinstance(self.sink, TransactionalSink):
+                sinks[self.sink_node.name] = self.sink.prepare(barrier.epoch)
+            else:
+                self.sink.flush()
+        self.emit_barrier(barrier)
+        self.acknowledge(barrier, Ack(states=self._snapshot(), sinks=sinks))
+
+    def _snapshot(self) -> dict[str, dict[int, bytes]]:
+        states = snapshot_operators(self.ops)
+        if self.inputs.count > 1:
+            states[f"{self.stage.head.name}@inputs"] = encode_parts({-1: self.inputs.snapshot()})
+        return states
+
+    def _ended_ack(self) -> EndedWorker:
+        sink = None
+        if isinstance(self.sink, TransactionalSink) and self.sink_node is not None:
+            sink = (self.sink_node.name, self.sink)
+        return EndedWorker(Ack(states=self._snapshot()), sink=sink)
 
     def _next_timer_s(self) -> float | None:
         """Seconds until the earliest operator timer is due (None: no timer, wait for data)."""
@@ -334,8 +499,11 @@ class _StageWorker(_Worker):
                     self.ctx.reject_rows(op.step, "dlq", UnroutedSideOutput(reason), batch.df, batch.origin)
 
     def _close_sink(self) -> None:
-        """Close the sink even after a failure elsewhere: what it completed becomes durable."""
-        if self.sink is None:
+        """Close the sink even after a failure elsewhere: what it completed becomes durable.
+
+        In a checkpointed run a transactional sink stays open: the runtime closes it after the
+        last checkpoint committed it (or, after a failure, with its epoch left pending)."""
+        if self.sink is None or (self.coordinator is not None and isinstance(self.sink, TransactionalSink)):
             return
         if not self.runtime.abort_event.is_set():
             self.sink.close()
@@ -468,6 +636,17 @@ class InputWatermarks:
         self.floor = combined
         return combined
 
+    def snapshot(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the watermarks reached and the floor handed on (idleness
+        and ended inputs are facts of the run, established again after a resume)."""
+        return {"watermarks": list(self.watermarks), "floor": self.floor}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if len(state["watermarks"]) != self.count:
+            raise ValueError(f"the step had {len(state['watermarks'])} inputs, it has {self.count} now")
+        self.watermarks = list(state["watermarks"])
+        self.floor = state["floor"]
+
     def _effective(self, index: int, now: float) -> int:
         if self.ended[index]:
             return END_OF_TIME
@@ -541,7 +720,7 @@ def _restore_switch_interval() -> None:
 class LocalRuntime:
     """Runs one flow in this process. Use ``Flow.run``; this class is the machinery."""
 
-    def __init__(self, flow: Flow, *, queue_size: int = 4) -> None:
+    def __init__(self, flow: Flow, *, queue_size: int = 4, checkpoints: CheckpointSettings | None = None) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         if not any(node.kind == "source" for node in flow.nodes.values()):
@@ -556,7 +735,17 @@ class LocalRuntime:
         self.interrupted = False
         self.stages = compile_stages(flow)
         self.workers: list[_Worker] = []
+        self.coordinator: Coordinator | None = None
+        self.recovery: Recovery | None = None
+        self.first_epoch = 1
+        self.finished_before = False
+        """Resumed from a checkpoint taken at the end of input: nothing is left to do."""
+        self._store = None
+        if checkpoints is not None:
+            self._prepare_checkpoints(checkpoints)
         self._build_workers()
+        if self.coordinator is not None:
+            self._register_for_checkpoints()
 
     # -- assembly -----------------------------------------------------------------------------
     def _build_workers(self) -> None:
@@ -603,10 +792,117 @@ class LocalRuntime:
             todo.extend(stage.consumers)
         return seen
 
+    # -- checkpoints --------------------------------------------------------------------------
+    def _prepare_checkpoints(self, settings: CheckpointSettings) -> None:
+        from .. import __version__
+
+        store = open_store(settings.directory, settings.store)
+        self._store = store
+        epochs = store.epochs()
+        self.first_epoch = max(epochs) + 1 if epochs else 1
+        if settings.resume:
+            checkpoint = store.latest()
+            if checkpoint is None:
+                log.info("no checkpoint in %s: starting from the beginning", settings.directory)
+            elif checkpoint.flow != self.flow.name:
+                raise TideflowError(
+                    f"{settings.directory} holds checkpoints of flow {checkpoint.flow!r}, not {self.flow.name!r}: "
+                    "give this flow a checkpoint directory of its own"
+                )
+            else:
+                self.recovery = Recovery(checkpoint)
+                self.finished_before = checkpoint.finished
+        self.coordinator = Coordinator(
+            store,
+            flow=self.flow.name,
+            every_s=settings.every_s,
+            keep=settings.keep,
+            first_epoch=self.first_epoch,
+            meta={"tideflow": __version__, "key_groups": KEY_GROUPS},
+            abort=self.abort_event,
+            on_error=self.fail,
+        )
+
+    def _register_for_checkpoints(self) -> None:
+        """Register every worker with the coordinator, restore state, and warn about what
+        checkpoints cannot cover."""
+        coordinator, recovery = self.coordinator, self.recovery
+        assert coordinator is not None
+        kinds: dict[str, str] = {}
+        for worker in self.workers:
+            coordinator.register(id(worker))
+            if isinstance(worker, _SourceWorker):
+                kinds[worker.node.name] = type(worker.source).__name__
+                if not worker.source.replayable:
+                    self._warn(
+                        f"source {worker.node.name!r} ({type(worker.source).__name__}) cannot be replayed: "
+                        "after a resume it goes on from where it stands, so what it produced after the last "
+                        "checkpoint is not produced again"
+                    )
+                if recovery is not None:
+                    recovery.expect_source(worker.node.name)
+            if not isinstance(worker, _StageWorker):
+                continue
+            for op in worker.ops:
+                stateful = op.snapshot_groups(KEY_GROUPS) is not None
+                if stateful:
+                    kinds[op.step] = type(op).__name__
+                if not op.checkpointed_state:
+                    self._warn(
+                        f"step {op.step!r} keeps state that checkpoints do not capture "
+                        "(give its function snapshot() and restore()): after a resume it starts empty"
+                    )
+                if recovery is not None and (stateful or op.step in recovery.checkpoint.steps):
+                    recovery.restore(op.step, op.restore_groups, stateful=stateful)
+            if worker.inputs.count > 1 and recovery is not None:
+                recovery.restore(
+                    f"{worker.stage.head.name}@inputs",
+                    lambda parts, w=worker: w.inputs.restore(parts[-1]),
+                    stateful=False,
+                )
+            if worker.sink is not None and worker.sink_node is not None:
+                coordinator.register_sink(worker.sink_node.name, worker.sink)
+                if not isinstance(worker.sink, TransactionalSink):
+                    self._warn(
+                        f"sink {worker.sink_node.name!r} ({type(worker.sink).__name__}) is not transactional: after "
+                        "a resume it may write again what it wrote after the last checkpoint (at least once)"
+                    )
+        coordinator.meta["kinds"] = kinds
+        if recovery is not None:
+            recovery.warn()
+
+    @staticmethod
+    def _warn(message: str) -> None:
+        log.warning(message)
+        warnings.warn(message, CheckpointWarning, stacklevel=4)
+
+    def recover_sink(self, step: str, sink: Sink) -> None:
+        """In a checkpointed run, before a transactional sink's first write: settle its epochs."""
+        if self.coordinator is None or not isinstance(sink, TransactionalSink):
+            return
+        if self.recovery is None:
+            sink.recover(None, None)
+        else:
+            sink.recover(self.recovery.epoch, self.recovery.sink_handle(step))
+
+    def _close_transactional_sinks(self) -> None:
+        for worker in self.workers:
+            if isinstance(worker, _StageWorker) and isinstance(worker.sink, TransactionalSink):
+                try:
+                    worker.sink.close()
+                except Exception:
+                    if self._failure is None:
+                        raise
+
     # -- control ------------------------------------------------------------------------------
     def request_stop(self) -> None:
-        """Stop reading; what was read is still processed and written (``interrupted`` is set)."""
+        """Stop reading; what was read is still processed and written (``interrupted`` is set).
+
+        In a checkpointed run the stop is a last checkpoint instead: every step stops at its
+        barrier without flushing windows, so a resumed run goes on exactly from there."""
         self.interrupted = True
+        if self.coordinator is not None and self.coordinator.request_stop():
+            return
         self.stop_event.set()
 
     def fail(self, error: BaseException) -> None:
@@ -623,12 +919,16 @@ class LocalRuntime:
         on_tick: Callable[[LocalRuntime], None] | None = None,
         tick_every: float = 0.1,
     ) -> RunResult:
+        if self.finished_before:
+            return self._result(0.0)
         restore = self._install_signal_handler() if handle_signals else None
         started = time.perf_counter()
         _lower_switch_interval()
         try:
             for worker in self.workers:
                 worker.start()
+            if self.coordinator is not None:
+                self.coordinator.start()
             main = [w for w in self.workers if id(w) not in self._dead_letter_branch]
             branch = [w for w in self.workers if id(w) in self._dead_letter_branch]
             self._wait(main, on_tick, tick_every)
@@ -637,14 +937,29 @@ class LocalRuntime:
                     worker.closing.set()
                     worker.wake.set()
             self._wait(branch, on_tick, tick_every)
+            self._last_checkpoint()
         finally:
             _restore_switch_interval()
             if restore is not None:
                 restore()
+            if self.coordinator is not None:
+                self.coordinator.close()
+                self._close_transactional_sinks()
+                assert self._store is not None
+                self._store.close()
         seconds = time.perf_counter() - started
         if self._failure is not None:
             raise self._failure
         return self._result(seconds)
+
+    def _last_checkpoint(self) -> None:
+        """Every thread ended: the stop checkpoint, or the final one, makes the rest durable."""
+        if self.coordinator is None or self._failure is not None:
+            return
+        if self.coordinator.stopping:
+            self.coordinator.wait_stopped()
+        else:
+            self.coordinator.finish()
 
     def _wait(self, workers: list[_Worker], on_tick: Callable[[LocalRuntime], None] | None, every: float) -> None:
         for worker in workers:
@@ -734,4 +1049,14 @@ class LocalRuntime:
             steps=steps,
             interrupted=self.interrupted,
             dead_letter_samples=self.dead_letters.kept[:100],
+            checkpoints=self.coordinator.stats.to_dict() if self.coordinator is not None else None,
+            recovery=self._recovery_report(),
         )
+
+    def _recovery_report(self) -> dict[str, Any] | None:
+        if self.recovery is None:
+            return None
+        report = self.recovery.report()
+        if self.finished_before:
+            report["finished_before"] = True
+        return report

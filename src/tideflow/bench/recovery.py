@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from ..checkpoint.store import open_store
 from .crash_pipeline import make_crash_data
 
 PIPELINE = Path(__file__).with_name("crash_pipeline.py")
@@ -39,6 +40,8 @@ class TrialResult:
     equal: bool
     differences: dict[str, str] = field(default_factory=dict)
     resumed_epochs: list[int] = field(default_factory=list)
+    killed_at: list[tuple[float, int | None]] = field(default_factory=list)
+    """Per kill: seconds after the start, and the newest checkpoint on disk right after it."""
     seconds: float = 0.0
 
 
@@ -127,7 +130,7 @@ class CrashTest:
         out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         result = TrialResult(number, 0, self_kill, False)
-        window = max(0.5, self.reference_seconds * 1.2)
+        window = max(0.5, self.reference_seconds)
         for attempt in range(kills + 1):
             crash_at = f"save:{self.rng.randint(1, 4)}" if self_kill and attempt == 0 else None
             child = subprocess.Popen(
@@ -137,14 +140,16 @@ class CrashTest:
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            if attempt < kills and crash_at is None:
+            delay = self.rng.uniform(0.3, 1.1) * window if attempt < kills and crash_at is None else None
+            if delay is not None:
                 try:
-                    child.wait(timeout=self.rng.uniform(0.05, window))
+                    child.wait(timeout=delay)
                 except subprocess.TimeoutExpired:
                     child.send_signal(signal.SIGKILL)
             stdout, stderr = child.communicate(timeout=600)
             if child.returncode == -signal.SIGKILL:
                 result.kills += 1
+                result.killed_at.append((round(delay, 3) if delay else -1.0, _latest_epoch(checkpoints)))
                 continue
             if child.returncode != 0:
                 raise RuntimeError(
@@ -159,6 +164,14 @@ class CrashTest:
         result.equal = not result.differences
         result.seconds = time.perf_counter() - started
         return result
+
+
+def _latest_epoch(checkpoints: Path) -> int | None:
+    if not checkpoints.exists():
+        return None
+    with open_store(checkpoints) as store:
+        epochs = store.epochs()
+    return epochs[-1] if epochs else None
 
 
 def run_trials(workdir: Path, *, trials: int, payments: int = 40_000, seed: int = 1) -> list[TrialResult]:

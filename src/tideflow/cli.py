@@ -101,7 +101,13 @@ def finish(result: RunResult, *, as_json: bool, extra: dict[str, Any] | None = N
     else:
         render_summary(stdout, result, extra)
     if result.interrupted:
-        stderr.print("[yellow]interrupted: in-flight batches were finished and sinks flushed[/]")
+        if result.checkpoints is not None and result.checkpoints.get("last_epoch") is not None:
+            stderr.print(
+                f"[yellow]interrupted: stopped at checkpoint {result.checkpoints['last_epoch']}; "
+                "run again with --resume to go on from there[/]"
+            )
+        else:
+            stderr.print("[yellow]interrupted: in-flight batches were finished and sinks flushed[/]")
         raise typer.Exit(EXIT_INTERRUPTED)
 
 

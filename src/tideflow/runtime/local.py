@@ -977,8 +977,7 @@ class LocalRuntime:
                 # A second Ctrl-C: stop now, without waiting for in-flight batches.
                 self.fail(KeyboardInterrupt())
                 return
-            self.interrupted = True
-            self.stop_event.set()
+            self.request_stop()
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         return lambda: signal.signal(signal.SIGINT, previous)

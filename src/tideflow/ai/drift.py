@@ -13,6 +13,7 @@ the result does not depend on how the stream is cut):
 from __future__ import annotations
 
 import math
+import types
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
@@ -89,6 +90,46 @@ class RiverDrift:
             if isinstance(value, int | float):
                 evidence[attribute] = float(value)
         return evidence
+
+    def __getstate__(self) -> dict[str, Any]:
+        """River's Page-Hinkley keeps a bound method of itself as an attribute (``_test_drift``),
+        which pickles as a ``getattr`` call that the checkpoint codec refuses (it could reach
+        anything). Such attributes travel as their method's name and are bound again on load."""
+        state = self.__dict__.copy()
+        fields = getattr(self.detector, "__dict__", None)
+        if fields is not None:
+            methods = {
+                name: value.__func__.__name__
+                for name, value in fields.items()
+                if isinstance(value, types.MethodType) and value.__self__ is self.detector
+            }
+            if methods:
+                kept = {name: value for name, value in fields.items() if name not in methods}
+                state["detector"] = _SelfBound(type(self.detector), kept, methods)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        detector = state["detector"]
+        if isinstance(detector, _SelfBound):
+            state = {**state, "detector": detector.rebuild()}
+        self.__dict__.update(state)
+
+
+@dataclass
+class _SelfBound:
+    """An object whose attributes include its own bound methods, as data: its class, its other
+    attributes, and ``attribute -> method name`` for the bound ones."""
+
+    cls: type
+    fields: dict[str, Any]
+    methods: dict[str, str]
+
+    def rebuild(self) -> Any:
+        obj = self.cls.__new__(self.cls)
+        obj.__dict__.update(self.fields)
+        for attribute, method in self.methods.items():
+            setattr(obj, attribute, getattr(obj, method))
+        return obj
 
 
 def adwin(delta: float = 0.002, *, direction: Direction = "both", **options: Any) -> RiverDrift:

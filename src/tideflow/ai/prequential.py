@@ -7,6 +7,7 @@ shape of "how good is the model now" on a stream whose concept may drift.
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from typing import Any
 
@@ -34,6 +35,24 @@ class RollingMetrics:
         self.predicted.append(predicted)
         self.actual.append(actual)
         self.seen += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The window as plain lists (copies: the values are the model's predictions, which
+        may be mutable, e.g. probability vectors), for a checkpoint."""
+        return {
+            "task": self.task,
+            "predicted": copy.deepcopy(list(self.predicted)),
+            "actual": copy.deepcopy(list(self.actual)),
+            "seen": self.seen,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take ``snapshot()``'s window (its newest ``window`` values, if this window is shorter)."""
+        if state["task"] != self.task:
+            raise ValueError(f"rolling metrics of a {state['task']} task cannot restore a {self.task} one")
+        self.predicted = deque(copy.deepcopy(state["predicted"]), maxlen=self.window)
+        self.actual = deque(copy.deepcopy(state["actual"]), maxlen=self.window)
+        self.seen = state["seen"]
 
     def values(self) -> dict[str, float | None]:
         if not self.actual:

@@ -12,10 +12,21 @@ The loop, as events (every decision carries its evidence):
    the name swaps it in at a batch boundary); ``reject`` discards it.
 4. ``rollback`` — after a promotion, if the new champion's metric over the next ``shadow`` rows
    falls below what the old one scored in shadow by more than ``margin``, the registry rolls back.
+
+Checkpoints (``RetrainLoop.snapshot`` / ``restore``): the loop's counters, its recent rows, a
+pending request, and the challenger in shadow (or the promoted model under review) with its
+paired predictions. A training still running in the background at a checkpoint is *not* waited
+for (that would hold the barrier, and the whole flow, for as long as training takes): the
+snapshot keeps the rows it was given, and a restored loop trains again on them as it next runs.
+With a deterministic ``train`` that gives the same challenger; the ``trained`` event then comes
+when the new training ends, as it would have with a slower training. The registry is outside the
+checkpoint: a promotion or rollback made after the last checkpoint, before a crash, is made again
+when the rows that led to it are replayed (registering the challenger once more).
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import threading
 import time
@@ -109,6 +120,11 @@ class RetrainLoop:
         """A retraining asked for (reason, from which labelled row on) and waiting for rows."""
         self.training: threading.Thread | None = None
         self.trained: tuple[Any, Path, int] | Exception | None = None
+        self.training_data: pl.DataFrame | None = None
+        """The rows the training in progress was given, kept until its outcome is adopted: a
+        snapshot taken meanwhile keeps them, so that a restored loop trains again."""
+        self.retrain_on_resume: pl.DataFrame | None = None
+        """Rows of a training that was in progress at the checkpoint this loop was restored from."""
         self.trial: _Trial | None = None
         self.watch: _Trial | None = None
         """After a promotion: the new champion's record, to roll back if it disappoints."""
@@ -181,6 +197,10 @@ class RetrainLoop:
         self.pending = None
         data = pl.concat(self.recent).tail(available)
         self._event("retrain", reason=reason, evidence={"rows": data.height})
+        self._start_training(data)
+
+    def _start_training(self, data: pl.DataFrame) -> None:
+        self.training_data = data
         if not self.policy.background:
             self._train(data)
             self._adopt()
@@ -203,6 +223,10 @@ class RetrainLoop:
         return path
 
     def _collect_training(self) -> None:
+        if self.retrain_on_resume is not None:
+            data, self.retrain_on_resume = self.retrain_on_resume, None
+            self._start_training(data)
+            return
         if self.training is None or self.training.is_alive():
             return
         self.training.join()
@@ -212,6 +236,7 @@ class RetrainLoop:
     def _adopt(self) -> None:
         """Take the training's outcome: a challenger to shadow, or a failure event."""
         outcome, self.trained = self.trained, None
+        self.training_data = None
         if isinstance(outcome, Exception):
             self._event("failed", reason=f"{type(outcome).__name__}: {outcome}")
             self.last_decision = self.labelled
@@ -223,6 +248,56 @@ class RetrainLoop:
         handler = SklearnModel(fitted)
         self.trial = _Trial(handler, handler.load("cpu"), artifact, rows)
         self._event("trained", evidence={"rows": rows})
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The loop's state as plain data and models (module doc). Frames are immutable and the
+        fitted estimators are deep-copied, so the snapshot does not change as the loop goes on."""
+        in_progress = self.training_data if self.retrain_on_resume is None else self.retrain_on_resume
+        return {
+            "recent": list(self.recent),
+            "recent_rows": self.recent_rows,
+            "labelled": self.labelled,
+            "last_decision": self.last_decision,
+            "pending": self.pending,
+            "training": in_progress,
+            "trial": _trial_state(self.trial),
+            "watch": _trial_state(self.watch),
+            "watch_baseline": self.watch_baseline,
+            "events": copy.deepcopy(self.events),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take ``snapshot()``'s state; a training it had in progress starts again at the next
+        ``rows`` or ``poll``. Challengers are saved anew (their artifact files were temporary)."""
+        self.recent = list(state["recent"])
+        self.recent_rows = state["recent_rows"]
+        self.labelled = state["labelled"]
+        self.last_decision = state["last_decision"]
+        self.pending = None if state["pending"] is None else tuple(state["pending"])  # type: ignore[assignment]
+        self.training, self.trained, self.training_data = None, None, None
+        self.retrain_on_resume = state["training"]
+        self.trial = self._trial_from(state["trial"])
+        self.watch = self._trial_from(state["watch"])
+        self.watch_baseline = state["watch_baseline"]
+        self.events = copy.deepcopy(state["events"])
+
+    def _trial_from(self, state: dict[str, Any] | None) -> _Trial | None:
+        if state is None:
+            return None
+        from .sklearn import SklearnModel
+
+        fitted = copy.deepcopy(state["model"])
+        handler = SklearnModel(fitted)
+        return _Trial(
+            handler,
+            handler.load("cpu"),
+            self._save(fitted),
+            state["trained_on"],
+            list(state["challenger"]),
+            list(state["champion"]),
+            list(state["actual"]),
+        )
 
     def _champion(self) -> tuple[ModelHandler[Any], Any]:
         """The registry's champion, loaded once per version."""
@@ -297,3 +372,17 @@ class RetrainLoop:
                 "evidence": orjson.dumps(evidence or {}).decode(),
             }
         )
+
+
+def _trial_state(trial: _Trial | None) -> dict[str, Any] | None:
+    """A challenger (or reviewed champion) as data: its fitted model, a deep copy, and the
+    paired predictions so far (scalars from polars, copied as lists)."""
+    if trial is None:
+        return None
+    return {
+        "model": copy.deepcopy(trial.model),
+        "trained_on": trial.trained_on,
+        "challenger": list(trial.challenger),
+        "champion": list(trial.champion),
+        "actual": list(trial.actual),
+    }

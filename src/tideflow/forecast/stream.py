@@ -24,10 +24,16 @@ The recipe (a test runs it end to end)::
 
 Pairs come out in the order the join emits them, which depends on how the two inputs
 interleave; the running figures after the last pair do not.
+
+Checkpoints: the forecast step's state is :class:`KeyedForecasters`, whose ``snapshot()`` /
+``restore()`` the ``map_batches`` step calls (deep copies of the forecasters, with their error
+statistics, and the per-key counts and last times); the join and the running errors are
+checkpointed by their own steps.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +48,8 @@ from .base import Forecaster
 if TYPE_CHECKING:
     from ..flow import Stream
     from ..ops.base import OnError
+
+_SNAPSHOT_VERSION = 1
 
 FORECAST_COLUMNS = ("made_at", "target_time", "horizon_step", "forecast", "lower", "upper")
 """Columns of a forecast row, after the key columns and the stream's event-time column."""
@@ -126,6 +134,24 @@ class KeyedForecasters:
         self.models: dict[tuple[Any, ...], Forecaster] = {}
         self.counts: dict[tuple[Any, ...], int] = {}
         self.last_ms: dict[tuple[Any, ...], int] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Each key's forecaster (a deep copy: model, pending paths, error statistics), its count
+        of points (which decides the ``every``-th emissions) and its last event time."""
+        return {
+            "kind": "forecasters",
+            "version": _SNAPSHOT_VERSION,
+            "models": copy.deepcopy(self.models),
+            "counts": dict(self.counts),
+            "last_ms": dict(self.last_ms),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "forecasters" or state.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError(f"not a forecasters snapshot (kind {state.get('kind')!r})")
+        self.models = copy.deepcopy(state["models"])
+        self.counts = dict(state["counts"])
+        self.last_ms = dict(state["last_ms"])
 
     def process(self, df: pl.DataFrame) -> pl.DataFrame:
         """One batch in, one row per emitted forecast out (arrays over the horizon steps)."""

@@ -5,6 +5,14 @@ length buckets, several workers, retries. (So per-key order, and the per-row wat
 event-time steps downstream rely on, are exactly as if the model were instantaneous.) The price
 is that a fast batch may wait for an earlier slow one; the wait is bounded by ``max_wait`` plus
 one model call. The step's output watermark is held back to the earliest row still inside it.
+
+Checkpoints: the step's state is work in flight (queued rows, model batches running), which a
+snapshot could only capture by pickling frames and re-running models. So at a barrier
+(``on_barrier``) the step drains instead: every queued row is cut into model batches, every batch
+in flight is waited for, and all their rows leave, in arrival order and with the held-back
+watermark released, before the barrier goes on. The snapshot is then small (which version was
+serving, the batch-size cap, the input watermark); ``restore`` explains which version serves
+after a resume.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from ..record import Batch, Origin
 from .base import OnError, Operator, StepContext
 
 _HIDDEN_HERE = (SEQ, ARRIVED, LENGTH)
+SNAPSHOT_VERSION = 1
 
 
 @runtime_checkable
@@ -90,6 +99,9 @@ class InferOperator(Operator):
         self._last_swap_check = 0.0
         self._ordered = batching.bucket_by is None and workers == 1
         self.max_in_flight = batching.max_in_flight or 2 * workers
+        self._restored_from: str | None = None
+        """The version that served when the snapshot this step was restored from was taken."""
+        self._restored_cap: int | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, wake: Callable[[], None], abort: threading.Event) -> None:
@@ -106,6 +118,7 @@ class InferOperator(Operator):
         )
         handler = self._resolve_initial()
         self._labels[self._generation] = handler.version
+        self._apply_restored_cap()
         # Loaded (and warmed up, by the handler's load) before the first batch: the source starts
         # reading meanwhile, so the load overlaps with the pipeline filling up.
         self.pool.load(self._generation, handler, wait=False)
@@ -159,6 +172,17 @@ class InferOperator(Operator):
         return None if deadline is None else deadline - time.monotonic()
 
     def finish(self, ctx: StepContext) -> Iterator[Batch]:
+        return self._flush(ctx)
+
+    def on_barrier(self, ctx: StepContext) -> Iterator[Batch]:
+        """Drain as at end of input: every queued row goes to the model now (without waiting for
+        a full batch or its deadline), every batch in flight is waited for, and the rows leave in
+        arrival order, the last batch carrying the input watermark (no longer held back). Rows
+        stream out as their model batches finish; once the iterator is exhausted the step holds
+        no rows, so ``snapshot()`` has only small things to keep."""
+        return self._flush(ctx)
+
+    def _flush(self, ctx: StepContext) -> Iterator[Batch]:
         self._maybe_swap(time.monotonic())
         for model_batch in self.batcher.take_all(self._size_cap):
             yield from self._submit_when_free(model_batch, ctx)
@@ -171,6 +195,56 @@ class InferOperator(Operator):
         final = self._emit(time.monotonic())
         if final is not None:
             yield final
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a resumed step needs beyond its configuration, after ``on_barrier`` drained it:
+        the version serving (informative: see ``restore``), the batch-size cap learned from
+        batches that failed for their size (valid for that version), and the input watermark
+        (so the first output after a resume carries it even before new input does). Metrics
+        are not kept: they describe this run. Refuses while rows are still inside the step:
+        the runtime must exhaust ``on_barrier``'s output first."""
+        held = self.batcher.pending + len(self._in_flight) + len(self._done)
+        if held:
+            raise RuntimeError(
+                f"step {self.step!r}: a snapshot while {self.batcher.pending} rows are queued and "
+                f"{len(self._in_flight)} model batches are in flight; drain with on_barrier() first"
+            )
+        return {
+            "kind": "infer",
+            "version": SNAPSHOT_VERSION,
+            "model_version": self._label(self._generation),
+            "size_cap": self._size_cap,
+            "watermark": self._input_watermark,
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Take the snapshot's watermark, and its batch-size cap if the same version serves.
+
+        Which version serves after a resume is the registry's decision, not the checkpoint's:
+        a step following a registered model serves the champion at the time it starts, as it
+        does on a fresh start, even when the champion moved on while the flow was down. An
+        uninterrupted run would have swapped to it within ``swap_check`` of the promotion (or
+        rollback), and rows are scored by whichever version serves when they reach the step
+        (processing time), so the rows replayed after the checkpoint being scored by the new
+        champion is an outcome the uninterrupted run could have had too (had it been slower).
+        Pinning the snapshot's version instead would undo, for a while, a rollback made
+        during an incident, and cost a second load to swap away from it. A step given a
+        handler (no registry) serves that handler: the code decides. Either way the
+        snapshot's version shows in the metrics as ``restored_from_version``."""
+        if snapshot.get("kind") != "infer" or snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"step {self.step!r}: not an infer snapshot (kind {snapshot.get('kind')!r})")
+        self._restored_from = snapshot.get("model_version")
+        self._restored_cap = snapshot.get("size_cap")
+        self._input_watermark = snapshot.get("watermark")
+        self._apply_restored_cap()
+
+    def _apply_restored_cap(self) -> None:
+        """The restored cap applies once the serving version is known to be the snapshot's (at
+        ``restore`` if the step started already, else at ``start``)."""
+        cap = self._restored_cap
+        serving = self._label(self._generation)
+        if cap is not None and serving is not None and serving == self._restored_from:
+            self._size_cap = cap if self._size_cap is None else min(self._size_cap, cap)
 
     def _check_columns(self, df: pl.DataFrame) -> None:
         """Wiring errors surface on the first batch, with what to do, rather than deep in a join."""
@@ -194,6 +268,8 @@ class InferOperator(Operator):
         out = self.metrics_.to_dict()
         out["model_version"] = self._label(self._generation)
         out["in_flight_batches"] = len(self._in_flight)
+        if self._restored_from is not None:
+            out["restored_from_version"] = self._restored_from
         return out
 
     # -- batching and collecting ------------------------------------------------------------

@@ -7,10 +7,16 @@ per batch, so they do not depend on how the stream was cut.
 
 Learning is sequential by nature (each update depends on the previous one), so this step runs
 its model on the step's own thread, in arrival order; use ``infer`` for a model that only serves.
+
+Checkpoints: the learned model *is* the step's state. ``snapshot()`` keeps a deep copy of it (a
+River model or a scikit-learn estimator pickles as itself), the rolling-metrics window and the
+counters; a restored step serves and learns from that copy instead of loading the handler's
+initial model, so its predictions and metrics go on exactly as the uninterrupted step's would.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from typing import Any, Literal
@@ -23,6 +29,7 @@ from ..record import Batch, to_records
 from .base import OnError, Operator, StepContext, isolate_failures
 
 METRICS_PORT = "metrics"
+SNAPSHOT_VERSION = 1
 
 Granularity = Literal["record", "batch"]
 
@@ -59,9 +66,44 @@ class LearnOperator(Operator):
         self.model: Any = None
         self.learned = 0
         self.errors = 0
+        self._restored = False
+        """Whether ``model`` came from a snapshot (then ``start`` does not load the handler's)."""
 
     def start(self, wake: Callable[[], None], abort: threading.Event) -> None:
-        self.model = self.handler.load(resolve_device(self.device, self.handler.frameworks))
+        if not self._restored:
+            self.model = self.handler.load(resolve_device(self.device, self.handler.frameworks))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The learned model (a deep copy, detached from the one that goes on learning), the
+        rolling-metrics window, and the counters that place the next metrics row."""
+        return {
+            "kind": "learn",
+            "version": SNAPSHOT_VERSION,
+            "handler": type(self.handler).__name__,
+            "model_version": self.handler.version,
+            "model": copy.deepcopy(self.model),
+            "metrics": self.metrics_.snapshot(),
+            "learned": self.learned,
+            "errors": self.errors,
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Serve and learn from the snapshot's model from now on (called before or after
+        ``start``: either way the handler's initial model is not used). A snapshot of a
+        different handler type is refused: its model would not fit this handler's calls."""
+        if snapshot.get("kind") != "learn" or snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"step {self.step!r}: not a learn snapshot (kind {snapshot.get('kind')!r})")
+        if snapshot["handler"] != type(self.handler).__name__:
+            raise ValueError(
+                f"step {self.step!r}: the snapshot's model was served by {snapshot['handler']}, "
+                f"this step's by {type(self.handler).__name__}"
+            )
+        if snapshot["model"] is not None:  # None: taken before the step started, nothing learned
+            self.model = copy.deepcopy(snapshot["model"])
+            self._restored = True
+        self.metrics_.restore(snapshot["metrics"])
+        self.learned = snapshot["learned"]
+        self.errors = snapshot["errors"]
 
     def metrics(self) -> dict[str, Any]:
         return {

@@ -1,5 +1,10 @@
 """The ``retrain`` step: runs a :class:`~tideflow.ai.retrain.RetrainPolicy` on labelled rows
-(input 0) and, optionally, drift events (input 1); its output is the stream of decisions."""
+(input 0) and, optionally, drift events (input 1); its output is the stream of decisions.
+
+Checkpoints: the state is the loop's (:meth:`~tideflow.ai.retrain.RetrainLoop.snapshot`). At a
+barrier the step adopts a training that has just finished (its ``trained`` event leaves before the
+barrier), but does not wait for one still running: the snapshot keeps its rows and a restored step
+trains again (the module doc of :mod:`tideflow.ai.retrain` says why)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import polars as pl
 from ..ai.retrain import RetrainLoop, RetrainPolicy
 from ..record import Batch
 from .base import OnError, Operator, StepContext
+
+SNAPSHOT_VERSION = 1
 
 EVENT_SCHEMA = {
     "action": pl.String,
@@ -44,6 +51,18 @@ class RetrainOperator(Operator):
 
     def finish(self, ctx: StepContext) -> Batch | None:
         return self._events(None)
+
+    def on_barrier(self, ctx: StepContext) -> Batch | None:
+        self.loop.poll()
+        return self._events(None)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"kind": "retrain", "version": SNAPSHOT_VERSION, "loop": self.loop.snapshot()}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        if snapshot.get("kind") != "retrain" or snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"step {self.step!r}: not a retrain snapshot (kind {snapshot.get('kind')!r})")
+        self.loop.restore(snapshot["loop"])
 
     def _events(self, watermark: int | None) -> Batch | None:
         if not self.loop.events:

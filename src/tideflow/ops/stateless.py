@@ -235,7 +235,16 @@ def _apply_record_step(step: RecordStep, items: list[dict[str, Any]]) -> Iterabl
 
 
 class MapBatches(Operator):
-    """A user function over a whole batch, as a polars DataFrame or an Arrow table."""
+    """A user function over a whole batch, as a polars DataFrame or an Arrow table.
+
+    Checkpoints: a function that keeps state is checkpointed through its owner's ``snapshot()``
+    and ``restore(state)`` methods, where the owner is the function itself (a callable object,
+    like ``detect_anomalies``' scorer) or the object of a bound method (``forecast``'s
+    ``KeyedForecasters.process``). ``snapshot()`` must return data that does not change as the
+    function goes on (copies). A ``stateful=True`` function without such methods cannot be
+    checkpointed: ``checkpointed_state`` is then False, and a resumed run starts it empty (the
+    runtime warns). A function without them and not marked stateful is taken as stateless.
+    """
 
     def __init__(
         self,
@@ -250,6 +259,23 @@ class MapBatches(Operator):
         if format not in ("polars", "arrow"):
             raise FlowDefinitionError(f"map_batches format must be 'polars' or 'arrow', got {format!r}")
         self.fn, self.format, self.same_rows, self.stateful = fn, format, same_rows, stateful
+        self.state_owner = state_owner(fn)
+        """What ``snapshot``/``restore`` delegate to (None: the function keeps no state we can reach)."""
+        if stateful and self.state_owner is None:
+            self.checkpointed_state = False
+
+    def snapshot(self) -> dict[str, Any] | None:
+        if self.state_owner is None:
+            return None
+        return {"kind": "map_batches", "version": _SNAPSHOT_VERSION, "state": self.state_owner.snapshot()}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        if self.state_owner is None:
+            super().restore(snapshot)  # raises: nothing here keeps state
+            return
+        if snapshot.get("kind") != "map_batches" or snapshot.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError(f"step {self.step!r}: not a map_batches snapshot (kind {snapshot.get('kind')!r})")
+        self.state_owner.restore(snapshot["state"])
 
     def _apply(self, df: pl.DataFrame) -> pl.DataFrame:
         visible = strip_hidden(df)
@@ -295,6 +321,20 @@ class MapBatches(Operator):
         out = parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
         self.records_out += out.height
         return batch.with_df(out)
+
+
+_SNAPSHOT_VERSION = 1
+
+
+def state_owner(fn: Callable[..., Any]) -> Any | None:
+    """The object whose ``snapshot()``/``restore(state)`` hold ``fn``'s state: ``fn`` itself (a
+    callable object) or, for a bound method, its object; None if neither has both methods."""
+    for candidate in (fn, getattr(fn, "__self__", None)):
+        if candidate is None or isinstance(candidate, type):
+            continue
+        if callable(getattr(candidate, "snapshot", None)) and callable(getattr(candidate, "restore", None)):
+            return candidate
+    return None
 
 
 def carry_hidden(source: pl.DataFrame, frame: pl.DataFrame, rows: list[int] | None) -> pl.DataFrame:

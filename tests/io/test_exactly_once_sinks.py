@@ -747,7 +747,7 @@ def test_sqlite_constraint_failures_surface_at_commit(tmp_path: Path) -> None:
 def test_sqlite_reserved_column_names_are_refused_in_epochs(tmp_path: Path) -> None:
     sink = started(KINDS["sqlite"], tmp_path)
     with pytest.raises(tdf.io.SinkSchemaError, match="reserved"):
-        sink.write(pl.DataFrame({"_TF_EPOCH": [1]}))
+        sink.write(pl.DataFrame({"_TF_SEQ": [1]}))
     sink.close()
 
 

@@ -33,13 +33,11 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 _PENDING_PREFIX = "_tf_pending__"
 _SEQ = "_tf_seq"
 """The pending table's INTEGER PRIMARY KEY (its rowid): the order rows were written in."""
-_EPOCH = "_tf_epoch"
-"""The epoch a pending row was prepared in; NULL while its epoch is still open."""
 _COLS = "_tf_cols"
 """Which of the pending table's columns the row's batch had (a hex bit mask), so that a commit
 inserts those columns only, as a direct write would: absent columns get the target's defaults,
 and an upsert leaves them as they were."""
-_RESERVED = (_SEQ, _EPOCH, _COLS)
+_RESERVED = (_SEQ, _COLS)
 
 
 class SqliteCommitError(RuntimeError):
@@ -107,14 +105,15 @@ class SqliteSink(TransactionalSink):
     Exactly-once (a checkpointed run, after ``recover``): ``write`` inserts each batch, in one
     transaction as before and with the same conversions, into the hidden table
     ``_tf_pending__<table>`` (the target's columns, untyped so values keep what they were bound
-    as, plus ``_tf_seq``, ``_tf_epoch`` and ``_tf_cols``); the target is still created and
-    evolved then. ``prepare(e)`` tags the open rows with ``e`` (synchronously, so it survives
-    power loss); ``commit(e)`` copies the rows of epochs ``<= e`` into the target in write order
-    (upserting with ``key``) and deletes them, in one transaction; ``recover`` commits the
+    as, plus ``_tf_seq`` and ``_tf_cols``); the target is still created and evolved then.
+    ``prepare(e)`` records in ``_tf_epochs__<table>`` that the rows written so far end epoch
+    ``e`` (one small insert, synced so that it survives power loss; the rows are not rewritten);
+    ``commit(e)`` copies the rows of epochs ``<= e`` into the target in write order (upserting
+    with ``key``) and deletes them, in one transaction; ``recover`` commits the
     checkpoint's epoch and deletes every other pending row. Readers of the target never see an
     uncommitted row. With ``key`` a replay is idempotent anyway, but an uncommitted epoch would
-    still show, so the two phases stay. The table is dropped on ``close`` once empty. Batch
-    columns named ``_tf_seq``, ``_tf_epoch`` or ``_tf_cols`` are refused in this mode.
+    still show, so the two phases stay. The tables are dropped on ``close`` once empty. Batch
+    columns named ``_tf_seq`` or ``_tf_cols`` are refused in this mode.
 
     Limit: constraints of a target table the user created (CHECK, NOT NULL, UNIQUE beyond
     ``key``) are only checked at commit, where failing rows cannot be sent to dead letters one
@@ -150,6 +149,8 @@ class SqliteSink(TransactionalSink):
         """The pending table's data columns in table order (bit ``i`` of ``_tf_cols`` is column
         ``i``); None until read or created."""
         self._last_epoch = 0
+        self._masks: set[str] | None = None
+        """Column masks of the pending rows this process wrote (None: unknown)."""
 
     # -- lifecycle --------------------------------------------------------------------------
     def open(self, step: str) -> None:
@@ -194,6 +195,7 @@ class SqliteSink(TransactionalSink):
         try:
             if conn.execute(f"SELECT 1 FROM {pending} LIMIT 1").fetchone() is None:
                 conn.execute(f"DROP TABLE {pending}")
+                conn.execute(f"DROP TABLE IF EXISTS {quote_identifier(self._boundaries)}")
                 self._pending_columns = None
             conn.execute("COMMIT")
         except BaseException:
@@ -206,12 +208,32 @@ class SqliteSink(TransactionalSink):
         with self._lock:
             conn = self._open_conn()
             self._epochs = True
+            self._masks = None  # rows of an earlier process: their column sets are not known here
             self._pending_columns = self._read_pending_columns()
             if self._pending_columns is not None:
+                self._ensure_boundaries(conn)
                 if committed is not None:
                     self._commit_locked(conn, committed)
-                conn.execute(f"DELETE FROM {quote_identifier(self._pending)}")  # epochs after it, open rows
+                # Epochs after the checkpoint and open rows: they will come again.
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(f"DELETE FROM {quote_identifier(self._pending)}")
+                conn.execute(f"DELETE FROM {quote_identifier(self._boundaries)}")
+                conn.execute("COMMIT")
+            self._masks = set()
             self._last_epoch = committed or 0
+
+    @property
+    def _boundaries(self) -> str:
+        """The table of prepared epochs: ``(epoch, last_seq)``; a pending row belongs to the
+        first epoch whose ``last_seq`` reaches its ``_tf_seq`` (rows after the last are open).
+        Preparing an epoch is one small insert, not a rewrite of its rows."""
+        return f"_tf_epochs__{self.table}"
+
+    def _ensure_boundaries(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {quote_identifier(self._boundaries)} "
+            "(epoch INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL)"
+        )
 
     def prepare(self, epoch: int) -> Any:
         with self._lock:
@@ -219,14 +241,20 @@ class SqliteSink(TransactionalSink):
             check_epochs(self._epochs, epoch, self._last_epoch, f"SqliteSink({self.path!r}, {self.table!r})")
             rows = 0
             if self._pending_columns is not None:
-                # synchronous=FULL syncs the WAL at this commit: a checkpoint may record this epoch
-                # as prepared only once its rows would survive power loss too.
-                conn.execute("PRAGMA synchronous=FULL")
-                try:
-                    sql = f"UPDATE {quote_identifier(self._pending)} SET {_EPOCH} = ? WHERE {_EPOCH} IS NULL"
-                    rows = conn.execute(sql, (epoch,)).rowcount
-                finally:
-                    conn.execute("PRAGMA synchronous=NORMAL")
+                pending, boundaries = quote_identifier(self._pending), quote_identifier(self._boundaries)
+                last = conn.execute(f"SELECT max({_SEQ}) FROM {pending}").fetchone()[0]
+                before = conn.execute(f"SELECT max(last_seq) FROM {boundaries}").fetchone()[0]
+                if last is not None and last != before:
+                    rows = conn.execute(
+                        f"SELECT count(*) FROM {pending} WHERE {_SEQ} > ?", (before if before is not None else -1,)
+                    ).fetchone()[0]
+                    # synchronous=FULL syncs the WAL at this commit: a checkpoint may record this
+                    # epoch as prepared only once its rows would survive power loss too.
+                    conn.execute("PRAGMA synchronous=FULL")
+                    try:
+                        conn.execute(f"INSERT INTO {boundaries} (epoch, last_seq) VALUES (?, ?)", (epoch, last))
+                    finally:
+                        conn.execute("PRAGMA synchronous=NORMAL")
             self._last_epoch = epoch
             return {"epoch": epoch, "rows": rows}
 
@@ -243,21 +271,18 @@ class SqliteSink(TransactionalSink):
         each with one ``INSERT ... SELECT`` in write order, so that with ``key`` the last
         record per key wins, as with direct writes.
         """
-        pending = quote_identifier(self._pending)
+        pending, boundaries = quote_identifier(self._pending), quote_identifier(self._boundaries)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            runs = conn.execute(
-                f"SELECT {_COLS}, min({_SEQ}), max({_SEQ}) FROM ("
-                f"SELECT {_SEQ}, {_COLS}, row_number() OVER (ORDER BY {_SEQ})"
-                f" - row_number() OVER (PARTITION BY {_COLS} ORDER BY {_SEQ}) AS island"
-                f" FROM {pending} WHERE {_EPOCH} <= ?) GROUP BY {_COLS}, island ORDER BY 2",
-                (epoch,),
-            ).fetchall()
+            bound = conn.execute(f"SELECT max(last_seq) FROM {boundaries} WHERE epoch <= ?", (epoch,)).fetchone()[0]
+            runs = [] if bound is None else self._runs(conn, bound)
             for mask, first, last in runs:
-                conn.execute(self._copy_sql(self._mask_columns(mask)), (epoch, first, last))
+                conn.execute(self._copy_sql(self._mask_columns(mask)), (first, last))
             if runs and crash_due("commit"):
                 crash()
-            conn.execute(f"DELETE FROM {pending} WHERE {_EPOCH} <= ?", (epoch,))
+            if bound is not None:
+                conn.execute(f"DELETE FROM {pending} WHERE {_SEQ} <= ?", (bound,))
+            conn.execute(f"DELETE FROM {boundaries} WHERE epoch <= ?", (epoch,))
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as error:
             if conn.in_transaction:
@@ -273,11 +298,25 @@ class SqliteSink(TransactionalSink):
                 conn.execute("ROLLBACK")
             raise
 
+    def _runs(self, conn: sqlite3.Connection, bound: int) -> list[tuple[str, int, int]]:
+        """``(column mask, first seq, last seq)`` of the runs of pending rows up to ``bound`` that
+        have the same columns, in write order. Usually every row has the same columns, and this
+        process knows it without a query over the rows."""
+        if self._masks is not None and len(self._masks) == 1:
+            return [(next(iter(self._masks)), -1, bound)]
+        return conn.execute(
+            f"SELECT {_COLS}, min({_SEQ}), max({_SEQ}) FROM ("
+            f"SELECT {_SEQ}, {_COLS}, row_number() OVER (ORDER BY {_SEQ})"
+            f" - row_number() OVER (PARTITION BY {_COLS} ORDER BY {_SEQ}) AS island"
+            f" FROM {quote_identifier(self._pending)} WHERE {_SEQ} <= ?) GROUP BY {_COLS}, island ORDER BY 2",
+            (bound,),
+        ).fetchall()
+
     def _copy_sql(self, names: list[str]) -> str:
         columns = ", ".join(quote_identifier(n) for n in names)
         sql = (
             f"INSERT INTO {quote_identifier(self.table)} ({columns}) SELECT {columns} FROM "
-            f"{quote_identifier(self._pending)} WHERE {_EPOCH} <= ? AND {_SEQ} BETWEEN ? AND ? ORDER BY {_SEQ}"
+            f"{quote_identifier(self._pending)} WHERE {_SEQ} BETWEEN ? AND ? ORDER BY {_SEQ}"
         )
         # The WHERE clause keeps SQLite's parser from reading ON CONFLICT as a join constraint.
         return sql + self._conflict_clause(names)
@@ -375,8 +414,9 @@ class SqliteSink(TransactionalSink):
         if self._pending_columns is None:
             columns = "".join(f", {quote_identifier(n)}" for n in df.columns)  # untyped: values stay as bound
             conn.execute(
-                f"CREATE TABLE {pending} ({_SEQ} INTEGER PRIMARY KEY, {_EPOCH} INTEGER, {_COLS} TEXT{columns})"
+                f"CREATE TABLE {pending} ({_SEQ} INTEGER PRIMARY KEY, {_COLS} TEXT{columns})"
             )
+            self._ensure_boundaries(conn)
             self._pending_columns = list(df.columns)
         index = {_fold(n): i for i, n in enumerate(self._pending_columns)}
         for name in df.columns:
@@ -385,6 +425,8 @@ class SqliteSink(TransactionalSink):
                 index[_fold(name)] = len(self._pending_columns)
                 self._pending_columns.append(name)
         mask = sum(1 << index[_fold(n)] for n in df.columns)
+        if self._masks is not None:
+            self._masks.add(f"{mask:x}")
         columns = ", ".join(quote_identifier(n) for n in df.columns)
         marks = ", ".join("?" for _ in df.columns)
         return f"INSERT INTO {pending} ({_COLS}, {columns}) VALUES ('{mask:x}', {marks})"

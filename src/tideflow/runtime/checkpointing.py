@@ -114,6 +114,7 @@ class CheckpointStats:
             "median_seconds": median(self.seconds),
             "median_save_seconds": median(self.save_seconds),
             "last_bytes": self.bytes_total[-1] if self.bytes_total else None,
+            "median_bytes": median(self.bytes_total),
             "median_bytes_written": median(self.bytes_written),
         }
 

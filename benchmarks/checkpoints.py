@@ -185,6 +185,7 @@ def main() -> None:
             f"| {row['checkpoint_seconds'] * 1000:.0f} ms | {row['checkpoint_bytes'] / 1e6:.2f} MB |"
         )
     lines += [
+        "",
         f"### {args.keys:,} keyed states",
         "",
         "| state | key groups | checkpoint size | barrier → durable | store write | load + verify "

@@ -222,3 +222,56 @@ def test_stop_takes_a_checkpoint_without_flushing_windows_and_resume_goes_on_exa
     resumed = flow.run(handle_signals=False, checkpoint_dir=checkpoints, resume=True)
     assert resumed.recovery is not None and resumed.recovery["epoch"] == first.checkpoints["last_epoch"]
     assert contents(out) == expected
+
+
+def ttl_events() -> list[dict[str, Any]]:
+    """Key "a" every 0.5 s (its state never expires under a 2 s TTL), "b" every 2.5 s (its state
+    always expires first), "c" with gaps of 1 s and 3 s in turn: the counts show both whether
+    state survived and whether its expiry did."""
+    rows = [{"key": "a", "ts": t} for t in range(0, 60_000, 500)]
+    rows += [{"key": "b", "ts": t} for t in range(0, 60_000, 2_500)]
+    t = 0
+    for gap in [1_000, 3_000] * 15:
+        rows.append({"key": "c", "ts": t})
+        t += gap
+    return sorted(rows, key=lambda row: row["ts"])
+
+
+def ttl_flow(out: Path, *, armed: bool) -> tuple[tdf.Flow, FailOnce]:
+    flow = tdf.Flow("ttl-timers")
+    stream = flow.source(
+        "events", tdf.io.MemorySource(ttl_events(), time="ts", batch_size=5), watermark=tdf.BoundedOutOfOrder("0s")
+    )
+    fail = FailOnce(flow, armed, after=60)
+    stream = stream.map_batches("maybe_fail", fail, same_rows=True)
+
+    def count(state: int | None, row: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        state = (state or 0) + 1
+        return state, {"key": row["key"], "ts": row["ts"], "n": state}
+
+    stream.key_by("key").stateful_map("count", count, ttl="2s").sink("counts", tdf.io.JsonlSink(str(out / "c.jsonl")))
+    sessions = stream.key_by("key").window("sessions", tdf.windows.session("1500ms")).agg(n=pl.len())
+    sessions.sink("sessions_out", tdf.io.JsonlSink(str(out / "s.jsonl")))
+    return flow, fail
+
+
+def test_ttl_expiries_and_window_timers_survive_a_restore(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    flow, _ = ttl_flow(reference, armed=False)
+    flow.run(handle_signals=False)
+    expected_counts = sorted(pl.read_ndjson(reference / "c.jsonl").rows())
+    expected_sessions = sorted(pl.read_ndjson(reference / "s.jsonl").rows())
+    by_key = {key: [n for k, _, n in expected_counts if k == key] for key in "abc"}
+    assert max(by_key["a"]) > 50 and set(by_key["b"]) == {1} and 1 < max(by_key["c"]) < 4  # TTL matters here
+
+    out = tmp_path / "out"
+    flow, fail = ttl_flow(out, armed=True)
+    with pytest.raises(StepError, match="injected crash"):
+        flow.run(handle_signals=False, checkpoint_dir=tmp_path / "ckpt", checkpoint_every="5ms")
+    assert fail.fired
+    flow, _ = ttl_flow(out, armed=False)
+    result = flow.run(handle_signals=False, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert result.recovery is not None and {"count", "sessions"} <= set(result.recovery["restored"])
+    assert 0 < result.records_in < len(ttl_events())
+    assert sorted(pl.read_ndjson(out / "c.jsonl").rows()) == expected_counts
+    assert sorted(pl.read_ndjson(out / "s.jsonl").rows()) == expected_sessions

@@ -7,7 +7,7 @@ from .jsonl import JsonlSource
 from .memory import IterableSource, MemorySink, MemorySource, NullSink, StdoutSink
 from .parquet import ParquetSource
 from .schema import Schema
-from .sqlite import SqliteSink
+from .sqlite import SqliteCommitError, SqliteSink
 from .tail import TailSource
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "SinkSchemaError",
     "Source",
     "SourceContext",
+    "SqliteCommitError",
     "SqliteSink",
     "StdoutSink",
     "TailSource",

@@ -901,8 +901,8 @@ class LocalRuntime:
         In a checkpointed run the stop is a last checkpoint instead: every step stops at its
         barrier without flushing windows, so a resumed run goes on exactly from there."""
         self.interrupted = True
-        if self.coordinator is not None and self.coordinator.request_stop():
-            return
+        if self.coordinator is not None and (self.coordinator.request_stop() or self.coordinator.stopping):
+            return  # asked again: still the stop checkpoint, never a plain stop that flushes windows
         self.stop_event.set()
 
     def fail(self, error: BaseException) -> None:

@@ -74,6 +74,11 @@ class DeadLetters:
         self.counts: Counter[str] = Counter()
         self.routed = False
         self._listeners: list[Callable[[], None]] = []
+        self.epoch_of: Callable[[], int | None] | None = None
+        """Set by a checkpointed run: the epoch the calling thread's step is in (the last
+        barrier it passed), so that the dead-letter branch can put each letter on the right
+        side of a checkpoint."""
+        self._pending_epochs: list[int | None] = []
 
     def add(
         self,
@@ -93,10 +98,12 @@ class DeadLetters:
             "position": where.get("position"),
             "at": datetime.now(UTC),
         }
+        epoch = self.epoch_of() if self.epoch_of is not None else None
         with self._lock:
             self.counts[step] += 1
             if self.routed:
                 self._pending.append(letter)
+                self._pending_epochs.append(epoch)
             elif len(self._kept) < self._keep:
                 self._kept.append(letter)
         for listener in self._listeners:
@@ -110,10 +117,17 @@ class DeadLetters:
         """Call ``listener`` after each new letter (the runtime wakes the dead-letter branch)."""
         self._listeners.append(listener)
 
-    def drain(self) -> pl.DataFrame | None:
-        """Take the letters waiting for the dead-letter branch, as one batch."""
+    def drain(self, before: int | None = None) -> pl.DataFrame | None:
+        """Take the letters waiting for the dead-letter branch, as one batch; with ``before``,
+        only those added by steps that had not yet passed barrier ``before`` (the others stay)."""
         with self._lock:
-            pending, self._pending = self._pending, []
+            if before is None:
+                pending, self._pending, self._pending_epochs = self._pending, [], []
+            else:
+                keep = [e is not None and e >= before for e in self._pending_epochs]
+                pending = [letter for letter, later in zip(self._pending, keep, strict=True) if not later]
+                self._pending = [letter for letter, later in zip(self._pending, keep, strict=True) if later]
+                self._pending_epochs = [e for e, later in zip(self._pending_epochs, keep, strict=True) if later]
         if not pending:
             return None
         return pl.DataFrame(pending, schema=DEAD_LETTER_SCHEMA)

@@ -276,3 +276,44 @@ def test_ttl_expiries_and_window_timers_survive_a_restore(tmp_path: Path) -> Non
     assert 0 < result.records_in < len(ttl_events())
     assert sorted(pl.read_ndjson(out / "c.jsonl").rows()) == expected_counts
     assert sorted(pl.read_ndjson(out / "s.jsonl").rows()) == expected_sessions
+
+
+def dead_letter_flow(out: Path, *, armed: bool) -> tuple[tdf.Flow, FailOnce]:
+    flow = tdf.Flow("dead-letters")
+    stream = flow.source(
+        "events", tdf.io.MemorySource(events(), time="ts", batch_size=50), watermark=tdf.BoundedOutOfOrder("1s")
+    )
+    fail = FailOnce(flow, armed)
+    stream = stream.map_batches("maybe_fail", fail, same_rows=True)
+
+    def strict(row: dict[str, Any]) -> dict[str, Any]:
+        if row["v"] == 7:
+            raise ValueError(f"v must not be 7 (id {row['id']})")
+        return row
+
+    stream.map("strict", strict).sink("kept", tdf.io.JsonlSink(str(out / "kept.jsonl")))
+    flow.dead_letters().sink("letters", tdf.io.JsonlSink(str(out / "letters.jsonl")))
+    return flow, fail
+
+
+def letters(out: Path) -> list[tuple[Any, ...]]:
+    """The dead letters without their timestamp (when a letter was written differs by run)."""
+    return sorted(pl.read_ndjson(out / "letters.jsonl").drop("at").rows())
+
+
+def test_the_dead_letter_branch_is_exactly_once_across_a_crash(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    flow, _ = dead_letter_flow(reference, armed=False)
+    flow.run(handle_signals=False)
+    expected = letters(reference)
+    assert len(expected) == sum(1 for row in events() if row["v"] == 7)
+
+    out = tmp_path / "out"
+    flow, fail = dead_letter_flow(out, armed=True)
+    with pytest.raises(StepError, match="injected crash"):
+        flow.run(handle_signals=False, checkpoint_dir=tmp_path / "ckpt", checkpoint_every="10ms")
+    assert fail.fired
+    flow, _ = dead_letter_flow(out, armed=False)
+    flow.run(handle_signals=False, checkpoint_dir=tmp_path / "ckpt", resume=True)
+    assert letters(out) == expected
+    assert sorted(pl.read_ndjson(out / "kept.jsonl").rows()) == sorted(pl.read_ndjson(reference / "kept.jsonl").rows())

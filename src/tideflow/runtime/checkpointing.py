@@ -189,6 +189,19 @@ class Coordinator:
             self._acks[worker_id] = ack
             self._lock.notify_all()
 
+    def wait_passed(self, epoch: int, worker_ids: set[int]) -> bool:
+        """Block until every worker of ``worker_ids`` acknowledged ``epoch`` or ended; False
+        when the run is torn down first. The dead-letter branch waits so, to put every letter
+        of the steps' epoch ``epoch`` before its barrier."""
+        with self._lock:
+            while True:
+                if self._closing.is_set() or self.abort.is_set():
+                    return False
+                in_flight = self._in_flight is not None and self._in_flight.epoch == epoch
+                if not in_flight or all(w in self._acks or w in self._ended for w in worker_ids):
+                    return True
+                self._lock.wait(0.05)
+
     def ended(self, worker_id: int, ended: EndedWorker) -> None:
         """A worker sends nothing more: from now on it is acknowledged with ``ended.ack``.
 

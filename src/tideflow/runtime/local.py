@@ -157,6 +157,15 @@ class RunResult:
         }
 
 
+_thread_epoch = threading.local()
+"""The epoch of the last barrier the current worker thread passed (dead letters are tagged
+with it, see ``DeadLetters.epoch_of``)."""
+
+
+def _current_epoch() -> int | None:
+    return getattr(_thread_epoch, "passed", None)
+
+
 class _Worker(threading.Thread, ABC):
     """Base of the runtime's threads: records the first failure and aborts the run."""
 
@@ -184,7 +193,7 @@ class _Worker(threading.Thread, ABC):
 
     def acknowledge(self, barrier: Barrier, ack: Ack) -> None:
         assert self.coordinator is not None
-        self.passed = barrier.epoch
+        self.passed = _thread_epoch.passed = barrier.epoch
         self.coordinator.ack(id(self), barrier.epoch, ack)
 
     def ended_for_checkpoints(self, last: Callable[[], EndedWorker]) -> None:
@@ -197,6 +206,7 @@ class _Worker(threading.Thread, ABC):
             channel.put((index, _END))
 
     def run(self) -> None:
+        _thread_epoch.passed = self.passed
         try:
             self.work()
         except _Aborted:
@@ -328,18 +338,16 @@ class _DeadLetterWorker(_Worker):
         runtime.dead_letters.on_add(self.wake.set)
 
     def work(self) -> None:
-        origin = Origin(self.node.name)
         while True:
             closing = self.closing.is_set()
             self.wake.wait(_POLL)
             self.wake.clear()
             if self.runtime.abort_event.is_set():
                 raise _Aborted
-            frame = self.runtime.dead_letters.drain()
-            if frame is not None:
-                self.stats.records_in = (self.stats.records_in or 0) + frame.height
-                self.stats.records_out += frame.height
-                self.emit(Batch(frame, origin))
+            # In a checkpointed run, letters of steps already past a barrier this branch has not
+            # passed yet wait for it; at the end (closing) everything goes.
+            before = self.passed + 1 if self.coordinator is not None and not closing else None
+            frame = self._send(before)
             if self.coordinator is not None and (barrier := self.coordinator.pending(self.passed)):
                 self._barrier(barrier)
                 if barrier.stop:
@@ -349,7 +357,21 @@ class _DeadLetterWorker(_Worker):
         self.ended_for_checkpoints(lambda: EndedWorker(Ack()))
         self.end()
 
+    def _send(self, before: int | None) -> pl.DataFrame | None:
+        frame = self.runtime.dead_letters.drain(before)
+        if frame is not None:
+            self.stats.records_in = (self.stats.records_in or 0) + frame.height
+            self.stats.records_out += frame.height
+            self.emit(Batch(frame, Origin(self.node.name)))
+        return frame
+
     def _barrier(self, barrier: Barrier) -> None:
+        """Every letter of the steps' epochs up to ``barrier`` goes before it: wait until the
+        main steps passed it (their later letters are tagged later), send theirs, then pass."""
+        assert self.coordinator is not None
+        if not self.coordinator.wait_passed(barrier.epoch, self.runtime.main_worker_ids):
+            raise _Aborted
+        self._send(barrier.epoch)
         self.emit_barrier(barrier)
         self.acknowledge(barrier, Ack())
 
@@ -776,6 +798,9 @@ class LocalRuntime:
                 else:
                     producer.outputs.append((inbox, index))
         self._dead_letter_branch = self._downstream_of_dead_letters(worker_of)
+        self.main_worker_ids = {id(w) for w in self.workers if id(w) not in self._dead_letter_branch}
+        if self.coordinator is not None:
+            self.dead_letters.epoch_of = _current_epoch
         for worker in self.workers:
             if isinstance(worker, _StageWorker) and id(worker) in self._dead_letter_branch:
                 worker.ctx.strict = True

@@ -111,7 +111,15 @@ def finish(result: RunResult, *, as_json: bool, extra: dict[str, Any] | None = N
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-@app.command("run")
+RUN_HELP = (
+    "Run the flow defined in PIPELINE embedded, until its bounded inputs end (or Ctrl-C).\n\n"
+    "With --checkpoint-dir, Ctrl-C stops at a last checkpoint and --resume continues from it; after a crash, "
+    "--resume continues from the newest checkpoint, with no output lost or repeated by transactional sinks "
+    "(SQLite, CSV, JSON Lines, Parquet directories, memory). See docs/recovery.md."
+)
+
+
+@app.command("run", help=RUN_HELP)
 def run_command(
     pipeline: Annotated[Path, typer.Argument(help="A Python file that defines a tideflow.Flow.")],
     flow_variable: Annotated[str, typer.Option("--flow", help="Name of the Flow variable in the file.")] = "flow",
@@ -136,11 +144,7 @@ def run_command(
         str | None, typer.Option("--checkpoint-store", help="Store for a new directory: sqlite (default) or files.")
     ] = None,
 ) -> None:
-    """Run the flow defined in PIPELINE embedded, until its bounded inputs end (or Ctrl-C).
-
-    With --checkpoint-dir, Ctrl-C stops at a last checkpoint and --resume continues from it;
-    after a crash, --resume continues from the newest checkpoint, with no output lost or repeated
-    by transactional sinks (SQLite, CSV, JSON Lines, Parquet, memory). See docs/recovery.md."""
+    """Run the flow defined in PIPELINE embedded, until its bounded inputs end (or Ctrl-C)."""
     if resume and checkpoint_dir is None:
         raise typer.BadParameter("--resume needs --checkpoint-dir", param_hint="--resume")
     if store not in (None, "sqlite", "files"):

@@ -8,20 +8,32 @@ windows from 0. Vectorized: per batch, the open rows of every key plus the batch
 numbered per key in one polars expression, and complete windows are aggregated in one group-by.
 
 The state is the open rows (one frame), the records seen per key, the running ordinal and the
-event-time type: ``snapshot()`` / ``restore()`` round-trip it as plain data for checkpoints.
+event-time type: ``snapshot()`` / ``restore()`` round-trip it as plain data for checkpoints, and
+``snapshot_groups()`` splits a keyed count window's open rows and counts by key group.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from ..record import WATERMARK, Batch
 from ..time.watermarks import event_time_ms
 from .aggregation import ORDINAL, AggPlan
 from .base import OnError, Operator, StepContext
-from .window import GLOBAL_KEY
+from .keygroups import key_groups, pick, split_by_group
+from .window import (
+    GLOBAL_KEY,
+    Pieces,
+    group_header,
+    group_parts,
+    groups_by_columns,
+    join_frame,
+    key_group_info,
+    split_frames,
+)
 
 INDEX = "__index"
 _TIME = "__t"
@@ -150,3 +162,49 @@ class CountWindowOp(Operator):
         self.counts = dict(snapshot["counts"])
         self.ordinal = snapshot["ordinal"]
         self.time_dtype = snapshot["time_dtype"]
+
+    def snapshot_groups(self, groups: int) -> dict[int, Any]:
+        """The state split by key group: part ``g`` holds ``{"open", "keys", "counts"}``, the open
+        rows of its keys (:data:`~tideflow.ops.window.Pieces`) and their records seen (an int64
+        array aligned with ``keys``); part ``-1`` holds ``n``, the ordinal and the event-time
+        type. A global (un-keyed) count window has no key to split by: its whole ``snapshot()``
+        goes under ``-1``."""
+        whole = self.snapshot()
+        if self.global_key:
+            return {-1: whole}
+        # The open frame's columns stay in -1 (no rows): a worker without open rows keeps them.
+        empty = None if self.open is None else self.open.clear()
+        header = {**whole, "key_groups": key_group_info(groups), "open": empty, "counts": None}
+        parts: dict[int, Any] = {-1: header}
+
+        def part(group: int) -> dict[str, Any]:
+            if group not in parts:
+                parts[group] = {"open": [], "keys": [], "counts": np.empty(0, dtype=np.int64)}
+            return parts[group]  # type: ignore[no-any-return]
+
+        for group, pieces in split_frames([self.open], groups_by_columns(self.by, groups)).items():
+            part(group)["open"] = pieces
+        keys = list(self.counts)
+        counts = np.fromiter(self.counts.values(), dtype=np.int64, count=len(keys))
+        # Counts are keyed by row tuples; rows are routed by their key values (one column: the value).
+        values = [k[0] for k in keys] if len(self.by) == 1 else keys
+        for group, at in split_by_group(key_groups(values, groups)):
+            part(group).update(keys=pick(keys, at), counts=counts[at])
+        return parts
+
+    def restore_groups(self, parts: dict[int, Any]) -> None:
+        """Restore the open rows and counts of the key groups in ``parts`` (any subset) and the
+        scalars of ``-1``."""
+        header = group_header(parts, "count_window", self.step, SNAPSHOT_VERSION)
+        if header is None:
+            self.restore(parts[-1])
+            return
+        if self.global_key:
+            raise ValueError(f"step {self.step!r}: a keyed count window's snapshot cannot restore a global one")
+        opened: list[Pieces] = []
+        counts: dict[tuple[object, ...], int] = {}
+        for part in group_parts(parts):
+            opened.append(part["open"])
+            counts.update(zip(part["keys"], np.asarray(part["counts"], dtype=np.int64).tolist(), strict=True))
+        rows = join_frame(opened)
+        self.restore({**header, "open": header["open"] if rows is None else rows, "counts": counts})

@@ -27,7 +27,12 @@ Output columns: the left (stream) columns, then the right (table) columns except
 columns, a right column whose name the left side already uses gets the suffix ``_right``.
 
 State is plain attributes (polars frames in dicts and lists, ints), so ``snapshot()`` and
-``restore()`` are shallow copies: polars frames are immutable values.
+``restore()`` are shallow copies: polars frames are immutable values. ``snapshot_groups()``
+splits every buffered row by the key group of its ``on`` columns (a join is always keyed), so
+that a scale-out hands each worker the rows of its keys; part ``-1`` keeps the watermark, types
+and counters, and the starts of open windows of the window join. (The interval left join numbers
+its left rows by step, from part ``-1``: workers restored from complementary groups hand out the
+same ids, so their later snapshots cannot be merged into one operator as they are.)
 """
 
 from __future__ import annotations
@@ -43,6 +48,16 @@ from ..errors import BatchRejected, FlowDefinitionError
 from ..record import HIDDEN_PREFIX, POSITION, WATERMARK, Batch, Origin
 from ..time.watermarks import END_OF_TIME, NO_WATERMARK, event_time_ms
 from .base import OnError, Operator, StepContext
+from .window import (
+    Pieces,
+    group_header,
+    group_parts,
+    groups_by_columns,
+    join_frame,
+    join_frames,
+    key_group_info,
+    split_frames,
+)
 
 if TYPE_CHECKING:
     from ..flow import Stream
@@ -62,6 +77,8 @@ _M = "_tf_jm"  # left row matched yet (interval left join)
 _HIT = "_tf_jhit"  # marks a table row that matched (temporal join)
 
 How = Literal["inner", "left"]
+SNAPSHOT_VERSION = 1
+"""Version of the key-group parts (``snapshot_groups``) of the joins."""
 
 
 class JoinOperator(Operator):
@@ -205,6 +222,19 @@ class JoinOperator(Operator):
             "right_schema": self.right_schema,
         }
 
+    def _group_header(self, kind: str, groups: int) -> dict[str, Any]:
+        """Part ``-1`` of a join's ``snapshot_groups``: the scalars of ``_base_snapshot``."""
+        return {
+            "kind": kind,
+            "version": SNAPSHOT_VERSION,
+            "key_groups": key_group_info(groups),
+            **self._base_snapshot(),
+        }
+
+    def _split(self, frames: Sequence[pl.DataFrame | None], groups: int) -> dict[int, Pieces]:
+        """Buffered rows by the key group of their ``on`` columns (what routes an input row)."""
+        return split_frames(frames, groups_by_columns(self.on, groups))
+
     def _base_restore(self, state: dict[str, Any]) -> None:
         self.watermark = state["watermark"]
         self.origins = list(state["origins"])
@@ -317,6 +347,34 @@ class WindowJoin(JoinOperator):
         self.windows = {s: (list(left), list(right)) for s, (left, right) in state["windows"].items()}
         self.starts = list(self.windows)
         heapq.heapify(self.starts)
+
+    def snapshot_groups(self, groups: int) -> dict[int, Any]:
+        """Part ``g``: ``{"windows": {start: (left, right)}}``, the buffered rows of its keys per
+        open window (:data:`~tideflow.ops.window.Pieces`); part ``-1``: the scalars and the starts
+        of every open window."""
+        parts: dict[int, Any] = {-1: {**self._group_header("window_join", groups), "windows": sorted(self.windows)}}
+        for start, sides in self.windows.items():
+            for side, frames in enumerate(sides):
+                for group, pieces in self._split(frames, groups).items():
+                    windows = parts.setdefault(group, {"windows": {}})["windows"]
+                    windows.setdefault(start, ([], []))[side].extend(pieces)
+        return parts
+
+    def restore_groups(self, parts: dict[int, Any]) -> None:
+        """Restore the rows of the key groups in ``parts`` (any subset) and part ``-1``. Every
+        open window comes back, with or without rows here: one without rows (or without right
+        rows, for an inner join) fires nothing."""
+        header = group_header(parts, "window_join", self.step, SNAPSHOT_VERSION)
+        if header is None:
+            self.restore(parts[-1])
+            return
+        pieces: dict[int, tuple[list[Pieces], list[Pieces]]] = {start: ([], []) for start in header["windows"]}
+        for part in group_parts(parts):
+            for start, (left, right) in part["windows"].items():
+                pieces[start][0].append(left)
+                pieces[start][1].append(right)
+        windows = {start: (join_frames(left), join_frames(right)) for start, (left, right) in pieces.items()}
+        self.restore({**header, "windows": windows})
 
 
 # -- interval join ----------------------------------------------------------------------------
@@ -464,6 +522,33 @@ class IntervalJoin(JoinOperator):
         self.buffers = list(state["buffers"])
         self.next_id = state["next_id"]
 
+    def snapshot_groups(self, groups: int) -> dict[int, Any]:
+        """Part ``g``: ``{"left", "right"}``, the buffered rows of its keys on each side
+        (:data:`~tideflow.ops.window.Pieces`; left rows with their match flag under
+        ``how="left"``); part ``-1``: the scalars, the next left row id and each buffer's columns."""
+        header = {
+            **self._group_header("interval_join", groups),
+            "next_id": self.next_id,
+            "buffers": [None if b is None else b.clear() for b in self.buffers],
+        }
+        parts: dict[int, Any] = {-1: header}
+        for side, name in ((LEFT, "left"), (RIGHT, "right")):
+            for group, pieces in self._split([self.buffers[side]], groups).items():
+                parts.setdefault(group, {"left": [], "right": []})[name] = pieces
+        return parts
+
+    def restore_groups(self, parts: dict[int, Any]) -> None:
+        """Restore the buffered rows of the key groups in ``parts`` (any subset) and part ``-1``."""
+        header = group_header(parts, "interval_join", self.step, SNAPSHOT_VERSION)
+        if header is None:
+            self.restore(parts[-1])
+            return
+        buffers = []
+        for side, name in ((LEFT, "left"), (RIGHT, "right")):
+            rows = join_frame(part[name] for part in group_parts(parts))
+            buffers.append(header["buffers"][side] if rows is None else rows)
+        self.restore({**header, "buffers": buffers})
+
 
 # -- temporal join ----------------------------------------------------------------------------
 class TemporalJoin(JoinOperator):
@@ -593,6 +678,37 @@ class TemporalJoin(JoinOperator):
         self._base_restore(state)
         self.pending, self.table = state["pending"], state["table"]
         self.table_sorted, self.pruned_size = state["table_sorted"], state["pruned"]
+
+    def snapshot_groups(self, groups: int) -> dict[int, Any]:
+        """Part ``g``: ``{"pending", "table"}``, the waiting stream rows and the table versions of
+        its keys (:data:`~tideflow.ops.window.Pieces`, in their order, so a sorted table stays
+        sorted); part ``-1``: the scalars, the pruning threshold and each frame's columns."""
+        header = {
+            **self._group_header("temporal_join", groups),
+            "pending": None if self.pending is None else self.pending.clear(),
+            "table": None if self.table is None else self.table.clear(),
+            "table_sorted": self.table_sorted,
+            "pruned": self.pruned_size,
+        }
+        parts: dict[int, Any] = {-1: header}
+        for name, frame in (("pending", self.pending), ("table", self.table)):
+            for group, pieces in self._split([frame], groups).items():
+                parts.setdefault(group, {"pending": [], "table": []})[name] = pieces
+        return parts
+
+    def restore_groups(self, parts: dict[int, Any]) -> None:
+        """Restore the waiting rows and table versions of the key groups in ``parts`` (any
+        subset) and part ``-1``. The pruning threshold is the step's: a worker with fewer
+        versions prunes later, which changes no result (pruning keeps what can still match)."""
+        header = group_header(parts, "temporal_join", self.step, SNAPSHOT_VERSION)
+        if header is None:
+            self.restore(parts[-1])
+            return
+        frames = {}
+        for name in ("pending", "table"):
+            rows = join_frame(part[name] for part in group_parts(parts))
+            frames[name] = header[name] if rows is None else rows
+        self.restore({**header, **frames})
 
 
 # -- builders (wired as Stream methods) -------------------------------------------------------

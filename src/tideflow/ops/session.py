@@ -15,11 +15,18 @@ lean loop that only decides membership, merges, lateness and *when* to emit. Agg
 vectorized: each session is a set of ids whose partial aggregates live in one store frame, and
 all emissions of a batch are computed together — earlier batches' partials joined by id, plus
 this batch's rows up to the record after which each emission happens. Exact whatever the batching.
+
+Checkpoints split a keyed session window's state by key group (``snapshot_groups``): a session,
+its timers and expiry entries and the rows of its ids go to the group of its key. Ids are numbered
+by the whole step (part ``-1`` holds the next one), so workers restored from complementary groups
+hand out the same new ids: that is fine while each runs alone, but their later snapshots cannot be
+merged into one operator as they are (a scale-in would have to renumber one side's ids).
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +37,16 @@ from ..record import WATERMARK, Batch
 from ..time.watermarks import END_OF_TIME, NO_WATERMARK, event_time_ms
 from .aggregation import ORDINAL, AggPlan
 from .base import OnError, Operator, StepContext
-from .window import GLOBAL_KEY
+from .keygroups import key_groups
+from .window import (
+    GLOBAL_KEY,
+    Pieces,
+    group_header,
+    group_parts,
+    join_frames,
+    key_group_info,
+    split_frames,
+)
 
 SID = "__sid"
 REQUEST = "__req"
@@ -418,3 +434,130 @@ class SessionWindowOp(Operator):
         self.late_records = snapshot["late_records"]
         if snapshot["last_watermark"] is not None:
             self._last_watermark = snapshot["last_watermark"]
+
+    def snapshot_groups(self, groups: int) -> dict[int, Any]:
+        """The state split by the key group of each session's key. Part ``g`` holds
+        ``{"table", "open", "timers", "expiry", "partials", "raw"}``: the sessions of its keys
+        (open ones, and merged-away ones that stale timers still point at), the timers and
+        expiry entries of those sessions (referring to the table by index, as in ``snapshot()``)
+        and the partial and kept rows of their ids (:data:`~tideflow.ops.window.Pieces`). Part
+        ``-1`` holds the counters (ids, timer sequence, ordinal) and scalars. Rows of ids already
+        freed, which the next compaction would drop, are not saved. A global (un-keyed) session
+        window has no key to split by: its whole ``snapshot()`` goes under ``-1``."""
+        if self.global_key:
+            return {-1: self.snapshot()}
+        parts: dict[int, Any] = {
+            -1: {
+                "kind": "session",
+                "version": SNAPSHOT_VERSION,
+                "key_groups": key_group_info(groups),
+                "sequence": self._sequence,
+                "next_id": self._next_id,
+                "ordinal": self.ordinal,
+                "time_dtype": self.time_dtype,
+                "late_records": self.late_records,
+                "last_watermark": getattr(self, "_last_watermark", None),
+            }
+        }
+
+        def part(group: int) -> dict[str, Any]:
+            if group not in parts:
+                parts[group] = {"table": [], "open": {}, "timers": [], "expiry": [], "partials": [], "raw": []}
+            return parts[group]  # type: ignore[no-any-return]
+
+        listed: dict[int, _Session] = {}
+        for sessions in self.sessions.values():
+            listed.update((id(s), s) for s in sessions)
+        listed.update((id(s), s) for *_, s in self.timers)
+        listed.update((id(s), s) for *_, s in self.expiry)
+        table = list(listed.values())
+        of_session = key_groups([s.key for s in table], groups)
+        local: dict[int, tuple[int, int]] = {}
+        """id(session) -> (its group, its index in that group's table)."""
+        for session, group in zip(table, of_session.tolist(), strict=True):
+            rows = part(group)["table"]
+            local[id(session)] = (group, len(rows))
+            rows.append(
+                (
+                    session.key,
+                    session.start,
+                    session.end,
+                    list(session.members),
+                    session.emitted,
+                    session.version,
+                    session.timer_pending,
+                )
+            )
+        for key, sessions in self.sessions.items():
+            if sessions:
+                parts[local[id(sessions[0])][0]]["open"][key] = [local[id(s)][1] for s in sessions]
+        for end, sequence, version, session in self.timers:
+            group, index = local[id(session)]
+            parts[group]["timers"].append((end, sequence, version, index))
+        for at, sequence, session in self.expiry:
+            group, index = local[id(session)]
+            parts[group]["expiry"].append((at, sequence, index))
+        members = [len(s.members) for s in table]
+        ids = np.fromiter((m for s in table for m in s.members), dtype=np.int64, count=sum(members))
+        group_of = _groups_by_id(ids, np.repeat(of_session, members), self.dead)
+        for name, frames in (("partials", self.partials), ("raw", self.raw)):
+            for group, pieces in split_frames(frames, group_of).items():
+                part(group)[name].extend(pieces)
+        return parts
+
+    def restore_groups(self, parts: dict[int, Any]) -> None:
+        """Restore the sessions (with their timers and rows) of the key groups in ``parts`` (any
+        subset) and the counters of ``-1``. A timer only ever fires its own session, so a worker
+        holding some groups fires exactly the sessions of its keys."""
+        header = group_header(parts, "session", self.step, SNAPSHOT_VERSION)
+        if header is None:
+            self.restore(parts[-1])
+            return
+        if self.global_key:
+            raise ValueError(f"step {self.step!r}: a keyed session window's snapshot cannot restore a global one")
+        table: list[Any] = []
+        open_sessions: dict[Any, list[int]] = {}
+        timers: list[tuple[int, int, int, int]] = []
+        expiry: list[tuple[int, int, int]] = []
+        partials: list[Pieces] = []
+        raw: list[Pieces] = []
+        for part in group_parts(parts):
+            offset = len(table)
+            table.extend(part["table"])
+            open_sessions.update((key, [offset + i for i in refs]) for key, refs in part["open"].items())
+            timers.extend((end, sequence, version, offset + i) for end, sequence, version, i in part["timers"])
+            expiry.extend((at, sequence, offset + i) for at, sequence, i in part["expiry"])
+            partials.append(part["partials"])
+            raw.append(part["raw"])
+        partial_frames = join_frames(partials)
+        self.restore(
+            {
+                **header,
+                "open": open_sessions,
+                "timers": sorted(timers),
+                "expiry": sorted(expiry),
+                "table": table,
+                "partials": partial_frames,
+                "raw": join_frames(raw),
+                "partial_rows": sum(f.height for f in partial_frames),
+                "dead": [],
+            }
+        )
+
+
+def _groups_by_id(ids: np.ndarray, groups: np.ndarray, dead: set[int]) -> Callable[[pl.DataFrame], np.ndarray]:
+    """The key group of each row of a frame of ids (``SID``), from its session's key; ``-1``
+    (not saved) for ids already freed."""
+    order = np.argsort(ids, kind="stable")
+    known, of_id = ids[order], groups[order]
+    if dead:
+        of_id = np.where(np.isin(known, np.fromiter(dead, dtype=np.int64, count=len(dead))), -1, of_id)
+
+    def of(frame: pl.DataFrame) -> np.ndarray:
+        sids = frame.get_column(SID).to_numpy()
+        if not len(known):
+            return np.full(len(sids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(known, sids), len(known) - 1)
+        return np.where(known[at] == sids, of_id[at], -1)
+
+    return of

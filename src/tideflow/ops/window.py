@@ -15,12 +15,18 @@ How a batch is processed (see docs/semantics.md for the rules):
 * State is one list of partial frames per pane (compacted as it grows), fired when the watermark
   reaches a window's end (a heap of ends: no scan over keys or panes), and freed when the last
   window containing a pane is past its lateness (a second heap).
+
+Checkpoints split a keyed window's state by key group (``snapshot_groups``): each pane's partial
+and kept-row frames are cut by the key group of their key columns, and the timers, which are per
+pane and shared by all keys, stay in part ``-1``. The helpers at the end of this module do the
+cutting and the rejoining for every frame-holding operator (session and count windows, joins).
 """
 
 from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +38,7 @@ from ..time.watermarks import END_OF_TIME, NO_WATERMARK, event_time_ms
 from ..time.windows import Sliding, Tumbling
 from .aggregation import ORDINAL, AggPlan
 from .base import OnError, Operator, StepContext
+from .keygroups import KEY_GROUP_FUNCTION, key_groups_of_columns, split_by_group
 
 PANE = "__pane"
 PROCESSING_TIME = "__ptime"
@@ -384,3 +391,144 @@ class PaneWindowOp(Operator):
         for name, key in (("_last_watermark", "last_watermark"), ("_clock", "clock")):
             if snapshot[key] is not None:
                 setattr(self, name, snapshot[key])
+
+    def snapshot_groups(self, groups: int) -> dict[int, Any]:
+        """The state split by key group: part ``g`` holds, for each pane, the rows of its partial
+        and kept-row frames whose key falls in group ``g`` (``{"panes": {start: (partials, raw)}}``,
+        as :data:`Pieces`); part ``-1`` holds everything else (timers, fired windows, counters,
+        each pane's start and row count), since those belong to panes, not to keys. A global
+        (un-keyed) window has no key to split by: its whole ``snapshot()`` goes under ``-1``."""
+        whole = self.snapshot()
+        if self.global_key:
+            return {-1: whole}
+        header = {**whole, "key_groups": key_group_info(groups), "panes": {s: p.rows for s, p in self.panes.items()}}
+        parts: dict[int, Any] = {-1: header}
+        group_of = groups_by_columns(self.by, groups)
+        for start, pane in self.panes.items():
+            for side, frames in enumerate((pane.partials, pane.raw)):
+                for group, pieces in split_frames(frames, group_of).items():
+                    panes = parts.setdefault(group, {"panes": {}})["panes"]
+                    panes.setdefault(start, ([], []))[side].extend(pieces)
+        return parts
+
+    def restore_groups(self, parts: dict[int, Any]) -> None:
+        """Restore the panes' rows of the key groups in ``parts`` (any subset) and part ``-1``.
+
+        Every pane of ``-1`` is restored, even one without rows in these groups, so its timers
+        find it: such a pane's windows fire with no rows, and ``_window`` emits nothing for
+        them. ``emit="updates"`` counts rows per window for its early results over all keys, so
+        a worker that holds some of the groups emits early results at other moments than the
+        single step would (final results and late updates are per key: the same)."""
+        header = group_header(parts, "window", self.step)
+        if header is None:
+            self.restore(parts[-1])
+            return
+        if self.global_key:
+            raise ValueError(f"step {self.step!r}: a keyed window's snapshot cannot restore a global window")
+        pieces: dict[int, tuple[list[Pieces], list[Pieces]]] = {start: ([], []) for start in header["panes"]}
+        for part in group_parts(parts):
+            for start, (partials, raw) in part["panes"].items():
+                pieces[start][0].append(partials)
+                pieces[start][1].append(raw)
+        panes = {
+            start: (join_frames(pieces[start][0]), join_frames(pieces[start][1]), rows)
+            for start, rows in header["panes"].items()
+        }
+        self.restore({**header, "panes": panes})
+
+
+# -- key groups: frames split by the key group of their rows ------------------------------------
+Pieces = list[tuple[int, np.ndarray | None, pl.DataFrame]]
+"""The rows of a list of frames that fall in one key group: ``(index of the frame in the list,
+positions of the rows in that frame, the rows)``. Positions are in the smallest unsigned type
+that holds them, ``None`` when the piece is the whole frame. They let a restore of several
+groups put the rows back in their original order (results of ``group_by(maintain_order=True)``
+and as-of joins follow it), so that restoring every group gives back exactly the frames saved."""
+
+
+def key_group_info(groups: int) -> dict[str, Any]:
+    """What part ``-1`` records about the split, as ``stateful_map`` and ``dedupe`` do."""
+    return {"groups": groups, "function": KEY_GROUP_FUNCTION}
+
+
+def groups_by_columns(key: Sequence[str], groups: int) -> Callable[[pl.DataFrame], np.ndarray]:
+    """The key group of each row of a frame, from its key columns (the group a row is routed by)."""
+    columns = list(key)
+
+    def of(frame: pl.DataFrame) -> np.ndarray:
+        return key_groups_of_columns([frame.get_column(c) for c in columns], groups)
+
+    return of
+
+
+def split_frames(
+    frames: Sequence[pl.DataFrame | None], group_of: Callable[[pl.DataFrame], np.ndarray]
+) -> dict[int, Pieces]:
+    """Each frame's rows by key group (``group_of`` gives a group per row; rows with group ``-1``
+    are left out). One gather per frame, then zero-copy slices, which pickle as their own rows."""
+    parts: dict[int, Pieces] = {}
+    for index, frame in enumerate(frames):
+        if frame is None or frame.height == 0:
+            continue
+        split = split_by_group(group_of(frame))
+        if len(split) == 1:  # the whole frame in one group: no copy, no positions
+            if split[0][0] >= 0:
+                parts.setdefault(split[0][0], []).append((index, None, frame))
+            continue
+        order = np.concatenate([at for _, at in split])
+        ordered = frame[order]
+        dtype = np.min_scalar_type(frame.height - 1)  # positions: 1 to 4 bytes a row
+        start = 0
+        for group, at in split:
+            if group >= 0:
+                parts.setdefault(group, []).append((index, at.astype(dtype), ordered.slice(start, len(at))))
+            start += len(at)
+    return parts
+
+
+def join_frames(pieces: Iterable[Pieces]) -> list[pl.DataFrame]:
+    """The frames rebuilt from the pieces of the restored groups, in list order, rows in their
+    original order; a frame without rows in these groups is left out of the list."""
+    found: dict[int, list[tuple[np.ndarray | None, pl.DataFrame]]] = {}
+    for part in pieces:
+        for index, at, rows in part:
+            found.setdefault(index, []).append((at, rows))
+    return [_rejoin(found[index]) for index in sorted(found)]
+
+
+def join_frame(pieces: Iterable[Pieces]) -> pl.DataFrame | None:
+    """A single frame (a buffer) rebuilt from its pieces, or ``None`` without rows in these groups."""
+    frames = join_frames(pieces)
+    return frames[0] if frames else None
+
+
+def _rejoin(found: list[tuple[np.ndarray | None, pl.DataFrame]]) -> pl.DataFrame:
+    if len(found) == 1:
+        return found[0][1]
+    frame = pl.concat([rows for _, rows in found], how="vertical")
+    positions = np.concatenate([at for at, _ in found if at is not None])
+    return frame[np.argsort(positions, kind="stable")]
+
+
+def group_header(parts: dict[int, Any], kind: str, step: str, version: int = SNAPSHOT_VERSION) -> dict[str, Any] | None:
+    """Part ``-1`` of a keyed ``snapshot_groups`` result, checked; ``None`` when the parts are one
+    whole ``snapshot()`` under ``-1`` (a global step's, or one taken before state was split),
+    which ``restore`` takes as it is."""
+    header = parts.get(-1)
+    if not isinstance(header, dict):
+        raise ValueError(f"step {step!r}: key-group parts without the operator's part -1 (groups {sorted(parts)})")
+    stray = [g for g in parts if not isinstance(g, int) or isinstance(g, bool) or g < -1]
+    if stray:
+        raise ValueError(f"step {step!r}: {stray!r} are not key groups")
+    if "key_groups" not in header:
+        if len(parts) > 1:
+            raise ValueError(f"step {step!r}: a whole snapshot with key-group parts {sorted(parts)}")
+        return None
+    if header.get("kind") != kind or header.get("version") != version:
+        raise ValueError(f"step {step!r}: not a {kind} snapshot (kind {header.get('kind')!r})")
+    return header
+
+
+def group_parts(parts: dict[int, Any]) -> list[Any]:
+    """The key-group parts (not ``-1``), in group order."""
+    return [part for group, part in sorted(parts.items()) if group != -1]

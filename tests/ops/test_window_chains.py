@@ -60,3 +60,26 @@ def test_processing_time_windows_count_rows_arriving_across_window_ends() -> Non
     flow.run(handle_signals=False)
     counts = out.frame.get_column("n").to_list()
     assert sum(counts) == 1200 and len(counts) >= 6
+
+
+def test_a_late_update_from_a_batch_whose_key_column_is_all_null_is_emitted() -> None:
+    """A frame whose key column holds only nulls is typed Null; the late update must still find
+    its window (it failed the step with a join SchemaError)."""
+    frames = [
+        pl.DataFrame({"ts": [1000], "k": [1]}),
+        pl.DataFrame({"ts": [12000], "k": [2]}),
+        pl.DataFrame({"ts": [2000], "k": [None]}),
+    ]
+    flow = tdf.Flow("null-key")
+    source = flow.source(
+        "s", tdf.io.MemorySource(frames, time="ts", batch_size=1), watermark=tdf.BoundedOutOfOrder("0s")
+    )
+    sink = tdf.io.MemorySink()
+    windows = source.key_by("k").window("w", tdf.windows.tumbling("10s"), allowed_lateness="5s")
+    windows.agg(n=pl.len()).sink("out", sink)
+    flow.run(handle_signals=False)
+    assert sorted(sink.records, key=lambda r: (r["window_start"], str(r["k"]))) == [
+        {"k": 1, "window_start": 0, "window_end": 10000, "n": 1, "is_update": False},
+        {"k": None, "window_start": 0, "window_end": 10000, "n": 1, "is_update": True},
+        {"k": 2, "window_start": 10000, "window_end": 20000, "n": 1, "is_update": False},
+    ]

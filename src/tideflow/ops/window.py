@@ -259,6 +259,8 @@ class PaneWindowOp(Operator):
         frame = pl.concat(partials, how="vertical_relaxed")
         raw = pl.concat([f for p in panes for f in p.raw], how="vertical_relaxed") if self.plan.keeps_rows else None
         if only is not None:
+            # A batch whose key column was all null arrives typed Null: give it the panes' types.
+            only = only.cast({name: frame.schema[name] for name in self.by}, strict=False)
             frame = frame.join(only, on=self.by, how="semi", nulls_equal=True)
             raw = raw.join(only, on=self.by, how="semi", nulls_equal=True) if raw is not None else None
             if frame.height == 0:

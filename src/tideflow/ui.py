@@ -47,6 +47,16 @@ class RunProgress:
             )
 
 
+def human_size(size: int) -> str:
+    """``532 B``, ``14.9 MB``: byte counts for people (decimal units, as ``ls -h --si``)."""
+    value = float(size)
+    for unit in ("B", "kB", "MB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
 def _amount(done: int, total: int | None, unit: str) -> str:
     """``1.2/3.4 MB`` for bytes, ``1,200/3,400`` for records (or just ``done`` without a total)."""
     if unit == "bytes":

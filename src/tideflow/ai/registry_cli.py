@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..ui import human_size
 from .registry import DEFAULT_ROOT, ENV_VAR, ModelRegistry, ModelVersion, RegistryError
 
 models_app = typer.Typer(
@@ -67,15 +68,6 @@ def parse_metrics(values: list[str]) -> dict[str, float]:
     return metrics
 
 
-def _size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"  # unreachable; keeps type checkers content
-
-
 def _metrics_text(version: ModelVersion) -> str:
     return escape(" ".join(f"{key}={value:g}" for key, value in version.metrics.items()))
 
@@ -101,7 +93,7 @@ def register_command(
             name, path, metrics=parse_metrics(metrics or []), format=format, description=description, promote=promote
         )
     promoted = " and promoted" if promote else ""
-    stdout.print(f"registered{promoted} {version.label} ({version.format}, {_size(version.size_bytes)})")
+    stdout.print(f"registered{promoted} {version.label} ({version.format}, {human_size(version.size_bytes)})")
 
 
 @models_app.command("list")
@@ -166,7 +158,8 @@ def _list_versions(store: ModelRegistry, name: str, as_json: bool) -> None:
     for v in versions:
         marker = " [bold green]*[/]" if v.version == current else ""
         created = v.created[:16].replace("T", " ")
-        table.add_row(f"{v.version}{marker}", created, v.sha256[:10], _size(v.size_bytes), v.format, _metrics_text(v))
+        size = human_size(v.size_bytes)
+        table.add_row(f"{v.version}{marker}", created, v.sha256[:10], size, v.format, _metrics_text(v))
     stdout.print(table)
 
 

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import TideflowError
+from ..ui import human_size
 from .store import CheckpointInfo, CheckpointStore, detect_kind, epoch_ranges, open_store
 
 ENV_VAR = "TIDEFLOW_CHECKPOINT_DIR"
@@ -74,15 +75,6 @@ def _open(directory: Path | None, *, create: bool = False, kind: str | None = No
     return open_store(directory, kind)  # type: ignore[arg-type]
 
 
-def _size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"  # unreachable; keeps type checkers content
-
-
 def _when(created: float) -> str:
     return datetime.fromtimestamp(created).astimezone().isoformat(timespec="seconds") if created else "-"
 
@@ -134,7 +126,7 @@ def list_command(
                 escape(row["flow"]),
                 "yes" if row["finished"] else "no",
                 str(row["steps"]),
-                _size(row["bytes"]),
+                human_size(row["bytes"]),
             ]
             if verify or any(problems.values()):
                 cells.append("[green]OK[/]" if row["ok"] else f"[red]CORRUPT[/] {escape('; '.join(row['problems']))}")
@@ -189,7 +181,7 @@ def inspect_command(
         stderr.print(f"[red]CORRUPT:[/] checkpoint {epoch}: {escape('; '.join(problems))}", soft_wrap=True)
         raise typer.Exit(1)
     if not as_json:
-        stdout.print(f"checksums: [green]OK[/] ({len(info.steps)} steps, {_size(info.bytes_total)})")
+        stdout.print(f"checksums: [green]OK[/] ({len(info.steps)} steps, {human_size(info.bytes_total)})")
 
 
 def _print_inspect(report: dict[str, Any]) -> None:
@@ -201,7 +193,7 @@ def _print_inspect(report: dict[str, Any]) -> None:
     )
     steps = Table("step", "kind", "key groups", "bytes", title="state")
     for name, step in report["steps"].items():
-        steps.add_row(escape(name), escape(step["kind"] or "-"), str(step["groups"]), _size(step["bytes"]))
+        steps.add_row(escape(name), escape(step["kind"] or "-"), str(step["groups"]), human_size(step["bytes"]))
     stdout.print(steps)
     for title, entries in (("source positions", report["sources"]), ("sink handles", report["sinks"])):
         if entries:
@@ -224,7 +216,7 @@ def export_command(
     with _errors(), _open(directory) as store:
         exported = store.export(file, epoch, overwrite=force)
     stdout.print(
-        f"exported checkpoint {exported} to {escape(str(file))} ({_size(file.stat().st_size)})", soft_wrap=True
+        f"exported checkpoint {exported} to {escape(str(file))} ({human_size(file.stat().st_size)})", soft_wrap=True
     )
 
 

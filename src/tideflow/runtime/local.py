@@ -267,7 +267,7 @@ class _SourceWorker(_Worker):
         self.end()
 
     def _emit_rows(self, df: pl.DataFrame) -> None:
-        if POSITION in df.columns:
+        if self.coordinator is not None and POSITION in df.columns:
             self.position = df.get_column(POSITION).max()  # type: ignore[assignment]
         self.stats.records_out += df.height
         batch = Batch(df, self.origin)

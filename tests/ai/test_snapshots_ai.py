@@ -341,15 +341,19 @@ def fit(frame: pl.DataFrame) -> Any:
     return LogisticRegression().fit(frame.select("x1", "x2").to_numpy(), frame.get_column("y").to_numpy())
 
 
-class SlowFit:
-    """``fit``, slowly: a training is still running when the checkpoint comes."""
+class GatedFit:
+    """``fit`` that waits for ``gate``: a training is still running when the checkpoint comes,
+    for certain, until the test opens the gate."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, open_: bool) -> None:
         self.calls = 0
+        self.gate = threading.Event()
+        if open_:
+            self.gate.set()
 
     def __call__(self, frame: pl.DataFrame) -> Any:
         self.calls += 1
-        time.sleep(0.3)
+        assert self.gate.wait(30), "the test never opened the gate"
         return fit(frame)
 
 
@@ -406,6 +410,8 @@ def drive_retrain(
                 snapshots.append(saved["loop"])
                 op = make()
                 op.restore(saved)
+                if isinstance(train, GatedFit):
+                    train.gate.set()  # the snapshot is taken: trainings may finish now
                 cuts = [c for c in cuts if c != number + 1]
             # Both runs adopt the challenger at the same row: wait for it before the next batch.
             deadline = time.monotonic() + 30
@@ -436,10 +442,10 @@ def test_a_restored_retrain_step_decides_as_an_uninterrupted_one(tmp_path: Path)
 
 
 def test_a_training_in_flight_at_a_checkpoint_is_run_again_after_the_restore(tmp_path: Path) -> None:
-    slow = SlowFit()
+    slow = GatedFit(open_=True)
     expected, _ = drive_retrain(tmp_path / "alone", [], background=True, train=slow)
     assert slow.calls == 2
-    resumed = SlowFit()
+    resumed = GatedFit(open_=False)
     got, snapshots = drive_retrain(tmp_path / "cut", [17], background=True, train=resumed)
     assert resumed.calls == 3  # the training cut off by the checkpoint ran again
     assert snapshots[0]["training"].height == 500

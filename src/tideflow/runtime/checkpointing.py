@@ -160,7 +160,6 @@ class Coordinator:
         self._final_epoch: int | None = None
         self._stopped = False
         self._closing = threading.Event()
-        self._done = threading.Condition()
         self._durable_epoch = first_epoch - 1
         self._thread = threading.Thread(target=self._loop, name="tideflow:checkpoints", daemon=True)
 

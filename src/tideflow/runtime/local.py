@@ -186,9 +186,13 @@ class _Worker(threading.Thread, ABC):
         for channel, index in self.outputs:
             channel.put((index, batch))
 
+    def _every_output(self) -> list[tuple[Channel, int]]:
+        """Main and side outputs: where ends and barriers go."""
+        return [*self.outputs, *(route for routes in self.side_routes.values() for route in routes)]
+
     def emit_barrier(self, barrier: Barrier) -> None:
         """Send a checkpoint barrier on every output, side outputs included."""
-        for channel, index in [*self.outputs, *(c for cs in self.side_routes.values() for c in cs)]:
+        for channel, index in self._every_output():
             channel.put((index, barrier))
 
     def acknowledge(self, barrier: Barrier, ack: Ack) -> None:
@@ -202,7 +206,7 @@ class _Worker(threading.Thread, ABC):
             self.coordinator.ended(id(self), last())
 
     def end(self) -> None:
-        for channel, index in [*self.outputs, *(c for cs in self.side_routes.values() for c in cs)]:
+        for channel, index in self._every_output():
             channel.put((index, _END))
 
     def run(self) -> None:

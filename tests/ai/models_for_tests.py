@@ -133,3 +133,19 @@ class ScaleInProcess(Scale):
 
         x = inputs.get_column("x").to_numpy()
         return {"y": x * model, "pid": np.full(len(x), os.getpid())}
+
+
+def concept(rows: int, first_id: int, rule: str, seed: int) -> pl.DataFrame:
+    """Labelled points of a concept: ``y`` is whether ``x1 + x2 > 0`` (``"sum"``) or
+    ``x1 - x2 > 0`` (``"difference"``); a change of rule is a concept change."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 2))
+    y = x[:, 0] + x[:, 1] > 0 if rule == "sum" else x[:, 0] - x[:, 1] > 0
+    return pl.DataFrame({"id": range(first_id, first_id + rows), "x1": x[:, 0], "x2": x[:, 1], "y": y})
+
+
+def fit(frame: pl.DataFrame) -> Any:
+    """A logistic regression of ``y`` on ``x1, x2``: the challenger a retrain step trains."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression().fit(frame.select("x1", "x2").to_numpy(), frame.get_column("y").to_numpy())

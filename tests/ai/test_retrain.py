@@ -5,38 +5,23 @@ from __future__ import annotations
 import json
 
 import joblib
-import numpy as np
 import polars as pl
 import pytest
 
 import tideflow as tdf
 from tideflow.ai import drift
 
+from .models_for_tests import concept, fit
+
 sklearn = pytest.importorskip("sklearn")
 pytest.importorskip("river")
-
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-
-
-def concept(rows: int, first_id: int, rule: str, seed: int) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, 2))
-    y = x[:, 0] + x[:, 1] > 0 if rule == "sum" else x[:, 0] - x[:, 1] > 0
-    return [
-        {"id": first_id + i, "x1": float(a), "x2": float(b), "y": bool(t)}
-        for i, ((a, b), t) in enumerate(zip(x, y, strict=True))
-    ]
-
-
-def fit(frame: pl.DataFrame) -> LogisticRegression:
-    return LogisticRegression().fit(frame.select("x1", "x2").to_numpy(), frame.get_column("y").to_numpy())
 
 
 @pytest.fixture
 def registry(tmp_path):  # type: ignore[no-untyped-def]
     registry = tdf.ai.ModelRegistry(tmp_path / "models")
     path = tmp_path / "v1.joblib"
-    joblib.dump(fit(pl.DataFrame(concept(2000, 0, "sum", seed=1))), path)
+    joblib.dump(fit(concept(2000, 0, "sum", seed=1)), path)
     registry.register("clf", path, metrics={"accuracy": 0.99})
     registry.promote("clf", 1)
     return registry
@@ -63,7 +48,7 @@ def closed_loop(registry, rows, *, drift_detection=True, **policy_options):  # t
 
 
 def test_after_a_concept_change_a_better_model_ends_up_serving(registry) -> None:  # type: ignore[no-untyped-def]
-    rows = concept(3000, 0, "sum", seed=2) + concept(9000, 3000, "difference", seed=3)
+    rows = concept(3000, 0, "sum", seed=2).to_dicts() + concept(9000, 3000, "difference", seed=3).to_dicts()
     scored, decisions = closed_loop(registry, rows, min_rows=600, shadow=600, margin=0.05, cooldown=500)
     actions = [d["action"] for d in decisions]
     assert actions[:4] == ["retrain", "trained", "promote", "confirm"], decisions
@@ -82,7 +67,7 @@ def test_after_a_concept_change_a_better_model_ends_up_serving(registry) -> None
 
 
 def test_a_challenger_that_is_not_better_is_rejected(registry) -> None:  # type: ignore[no-untyped-def]
-    rows = concept(6000, 0, "sum", seed=4)
+    rows = concept(6000, 0, "sum", seed=4).to_dicts()
     _, decisions = closed_loop(registry, rows, every=1500, min_rows=500, shadow=500, margin=0.05, cooldown=100)
     actions = [d["action"] for d in decisions]
     assert "retrain" in actions and "reject" in actions and "promote" not in actions
@@ -96,8 +81,8 @@ def test_a_promotion_that_disappoints_is_rolled_back(registry) -> None:  # type:
 
     Scheduled and in line (no drift detector, ``background=False``): each decision falls at a
     fixed row whatever the batches, so the test does not depend on timing."""
-    rows = concept(2000, 0, "sum", seed=5) + concept(1000, 2000, "difference", seed=6)
-    rows += concept(3000, 3000, "sum", seed=7)
+    rows = concept(2000, 0, "sum", seed=5).to_dicts() + concept(1000, 2000, "difference", seed=6).to_dicts()
+    rows += concept(3000, 3000, "sum", seed=7).to_dicts()
     _, decisions = closed_loop(
         registry,
         rows,

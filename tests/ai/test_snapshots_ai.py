@@ -30,7 +30,7 @@ from tideflow.ops.learn import METRICS_PORT, LearnOperator
 from tideflow.ops.retrain import RetrainOperator
 from tideflow.record import POSITION, Batch, Origin
 
-from .models_for_tests import FakeRegistry, Scale
+from .models_for_tests import FakeRegistry, Scale, concept, fit
 
 river = pytest.importorskip("river")
 sklearn = pytest.importorskip("sklearn")
@@ -328,19 +328,6 @@ def test_a_restored_drift_step_reports_the_events_of_an_uninterrupted_one(detect
 
 
 # -- retrain --------------------------------------------------------------------------------------
-def concept(rows: int, first_id: int, rule: str, seed: int) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, 2))
-    y = x[:, 0] + x[:, 1] > 0 if rule == "sum" else x[:, 0] - x[:, 1] > 0
-    return pl.DataFrame({"id": range(first_id, first_id + rows), "x1": x[:, 0], "x2": x[:, 1], "y": y})
-
-
-def fit(frame: pl.DataFrame) -> Any:
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression().fit(frame.select("x1", "x2").to_numpy(), frame.get_column("y").to_numpy())
-
-
 class GatedFit:
     """``fit`` that waits for ``gate``: a training is still running when the checkpoint comes,
     for certain, until the test opens the gate."""
